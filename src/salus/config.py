@@ -1,0 +1,62 @@
+"""One typed settings object, read once at the door and passed down.
+
+Values come from ``SALUS_*`` environment variables, then command-line flags
+override them. Nothing below the doors reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about one Salus instance."""
+
+    data_dir: Path = Path("salus-data")
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    base_path: str = "/fhir"
+    public_base_url: str | None = None
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_json_depth: int = 64
+    referential_integrity: bool = True
+    default_page_size: int = 20
+    max_page_size: int = 1000
+    pool_size: int = 10
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from ``SALUS_*`` variables, with non-None keyword overrides on top."""
+        env = dict(os.environ if env is None else env)
+        s = cls()
+        if v := env.get("SALUS_DATA_DIR"):
+            s = replace(s, data_dir=Path(v))
+        if v := env.get("SALUS_DATABASE_URL"):
+            s = replace(s, database_url=v)
+        if v := env.get("SALUS_PUBLIC_BASE_URL"):
+            s = replace(s, public_base_url=v.rstrip("/"))
+        if v := env.get("SALUS_MAX_BODY_BYTES"):
+            s = replace(s, max_body_bytes=int(v))
+        if v := env.get("SALUS_REFERENTIAL_INTEGRITY"):
+            s = replace(s, referential_integrity=_bool(v))
+        if v := env.get("SALUS_POOL_SIZE"):
+            s = replace(s, pool_size=int(v))
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        if "data_dir" in clean:
+            clean["data_dir"] = Path(clean["data_dir"])  # type: ignore[arg-type]
+        return replace(s, **clean)  # type: ignore[arg-type]
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database to use: ``SALUS_DATABASE_URL`` if set, else SQLite inside the data dir."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'salus.db'}"

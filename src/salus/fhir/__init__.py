@@ -1,0 +1,1 @@
+"""The FHIR R4 model: definitions, validation, FHIRPath, OperationOutcome errors, references."""
