@@ -1,0 +1,91 @@
+"""Write logic shared by both backends: the same statements, run through a DB-API cursor."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from salus.store import base
+from salus.store.base import Current, IndexRows, StoredVersion, version_from_row
+
+
+class CursorOps:
+    """Store operations over a DB-API cursor; subclasses only say how to run SQL."""
+
+    dialect: str
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        raise NotImplementedError
+
+    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        raise NotImplementedError
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read query and return all rows."""
+        cur = self._execute(sql, params)
+        return list(cur.fetchall()) if cur.description is not None else []
+
+    def _current(self, res_type: str, res_id: str, suffix: str = "") -> Current | None:
+        row = self._execute(base.SQL_CURRENT + suffix, (res_type, res_id)).fetchone()
+        return Current(int(row[0]), int(row[1]), row[2], bool(row[3])) if row else None
+
+    def write_version(
+        self, res_type: str, res_id: str, version: int, last_updated: str, method: str,
+        body: str | None, index: IndexRows | None, current: Current | None,
+    ) -> int:
+        """Write a new version, make it current and replace the resource's index rows."""
+        deleted = body is None
+        if current is None:
+            rid = int(self._execute(base.SQL_INSERT_RESOURCE, (res_type, res_id, version, last_updated, deleted)).fetchone()[0])
+        else:
+            rid = current.rid
+            self._execute(base.SQL_UPDATE_RESOURCE, (version, last_updated, deleted, rid))
+            if not current.deleted:
+                for sql in base.SQL_DELETE_INDEX.values():
+                    self._execute(sql, (rid,))
+        self._execute(base.SQL_INSERT_VERSION, (rid, version, res_type, res_id, last_updated, method, body))
+        if index and not deleted:
+            for sql, rows in base.index_params(rid, res_type, index):
+                self._executemany(sql, rows)
+        return rid
+
+    def read(self, res_type: str, res_id: str) -> StoredVersion | None:
+        """The current version of a resource (tombstone if deleted), or None."""
+        row = self._execute(base.SQL_READ, (res_type, res_id)).fetchone()
+        return version_from_row(row) if row else None
+
+    def vread(self, res_type: str, res_id: str, version: int) -> StoredVersion | None:
+        """One version of a resource, or None."""
+        row = self._execute(base.SQL_VREAD, (res_type, res_id, version)).fetchone()
+        return version_from_row(row) if row else None
+
+    def history(
+        self, res_type: str | None, res_id: str | None, *, since: str | None, at: str | None,
+        before_seq: int | None, limit: int,
+    ) -> list[StoredVersion]:
+        """Versions newest first at instance, type or system level."""
+        sql, params = base.history_sql(res_type, res_id, since, at, before_seq)
+        return [version_from_row(r) for r in self._execute(sql, [*params, limit]).fetchall()]
+
+    def history_count(self, res_type: str | None, res_id: str | None, *, since: str | None) -> int:
+        """How many versions a history query covers."""
+        sql, params = base.history_sql(res_type, res_id, since, None, None, count_only=True)
+        return int(self._execute(sql, params).fetchone()[0])
+
+    def iter_current(self, res_type: str | None, *, batch: int = 1000) -> Iterator[StoredVersion]:
+        """Every current non-deleted resource, in rid order, fetched in batches by keyset."""
+        last = 0
+        type_cond = " AND r.res_type = ?" if res_type else ""
+        while True:
+            params: list[Any] = [last] + ([res_type] if res_type else []) + [batch]
+            rows = self._execute(
+                f"SELECT {base.VERSION_COLUMNS}, r.rid FROM resources r JOIN resource_versions v "
+                f"ON v.rid = r.rid AND v.version = r.version WHERE r.rid > ? AND NOT r.deleted{type_cond} "
+                "ORDER BY r.rid LIMIT ?",
+                params,
+            ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield version_from_row(row)
+            last = int(rows[-1][7])

@@ -1,0 +1,120 @@
+"""PostgreSQL backend: the production store (``SALUS_DATABASE_URL=postgresql://...``).
+
+psycopg 3 with a connection pool. Writers lock the resource row
+(``SELECT ... FOR UPDATE``) so concurrent updates of one resource serialise
+and version ids are never duplicated; conditional creates serialise on a
+transaction-scoped advisory lock keyed by their query, so two identical
+``If-None-Exist`` creates make one resource.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import cache
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from salus.store.base import Current, StoredVersion
+from salus.store.common import CursorOps
+from salus.store.schema import SCHEMA_VERSION, ddl
+
+_QMARK = re.compile(r"\?")
+
+
+@cache
+def to_pyformat(sql: str) -> str:
+    """Translate the shared ``?`` placeholders to psycopg's ``%s`` (values are never inlined, so this is safe)."""
+    return _QMARK.sub("%s", sql.replace("%", "%%"))
+
+
+class _PgOps(CursorOps):
+    dialect = "postgresql"
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(to_pyformat(sql), params, prepare=True)
+
+    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany(to_pyformat(sql), rows)
+
+
+class PostgresTransaction(_PgOps):
+    """A write transaction on one pooled connection."""
+
+    def current(self, res_type: str, res_id: str, *, for_update: bool = True) -> Current | None:
+        """The current row, locked until commit so concurrent writers of the resource queue."""
+        return self._current(res_type, res_id, " FOR UPDATE" if for_update else "")
+
+    def lock(self, key: str) -> None:
+        """A transaction-scoped advisory lock on a hash of ``key``."""
+        self.conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+
+
+class PostgresStore:
+    """The PostgreSQL store; safe to share between threads (each call borrows a pooled connection)."""
+
+    dialect = "postgresql"
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = url
+        self.pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=True, kwargs={"autocommit": True})
+        self.migrate()
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema to ``SCHEMA_VERSION`` (serialised across processes)."""
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(7355608)")
+            for stmt in ddl("postgresql"):
+                conn.execute(stmt)
+            conn.execute(
+                "INSERT INTO salus_meta (key, value) VALUES ('schema_version', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read query on a pooled connection."""
+        with self.pool.connection() as conn:
+            return _PgOps(conn).query(sql, params)
+
+    @contextmanager
+    def transaction(self) -> Iterator[PostgresTransaction]:
+        """A write transaction: commit on success, roll back on any exception."""
+        with self.pool.connection() as conn, conn.transaction():
+            yield PostgresTransaction(conn)
+
+    def read(self, res_type: str, res_id: str) -> StoredVersion | None:
+        """The current version of a resource, or None."""
+        with self.pool.connection() as conn:
+            return _PgOps(conn).read(res_type, res_id)
+
+    def vread(self, res_type: str, res_id: str, version: int) -> StoredVersion | None:
+        """One version of a resource, or None."""
+        with self.pool.connection() as conn:
+            return _PgOps(conn).vread(res_type, res_id, version)
+
+    def history(self, res_type: str | None, res_id: str | None, **kw: Any) -> list[StoredVersion]:
+        """Versions newest first."""
+        with self.pool.connection() as conn:
+            return _PgOps(conn).history(res_type, res_id, **kw)
+
+    def history_count(self, res_type: str | None, res_id: str | None, *, since: str | None) -> int:
+        """How many versions a history query covers."""
+        with self.pool.connection() as conn:
+            return _PgOps(conn).history_count(res_type, res_id, since=since)
+
+    def iter_current(self, res_type: str | None, *, batch: int = 1000) -> Iterator[StoredVersion]:
+        """Every current non-deleted resource, each batch on a briefly borrowed connection."""
+        with self.pool.connection() as conn:
+            yield from _PgOps(conn).iter_current(res_type, batch=batch)
+
+    def close(self) -> None:
+        """Close the pool."""
+        self.pool.close()

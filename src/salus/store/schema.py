@@ -1,0 +1,86 @@
+"""The database schema, one definition rendered for SQLite and PostgreSQL.
+
+Layout (after Blaze): ``resources`` holds one row per logical resource (its
+current version and whether it is deleted); ``resource_versions`` holds every
+version's body, ordered by a global ``seq`` that history paging uses as a
+stable cursor; ``idx_*`` hold one row per value extracted by a search
+parameter, for the current version only, written in the same transaction as
+the resource. ``grp`` ties together the component rows of one composite value.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+# (table, columns after rid/res_type/param, indexes); column types are abstract:
+# T = text, F = float, I = integer
+INDEX_TABLES: dict[str, list[tuple[str, str]]] = {
+    "idx_string": [("norm", "T"), ("exact", "T")],
+    "idx_token": [("system", "T"), ("code", "T"), ("text", "T")],
+    "idx_reference": [("target_type", "T"), ("target_id", "T"), ("target_version", "T"), ("url", "T")],
+    "idx_date": [("low", "T"), ("high", "T")],
+    "idx_number": [("low", "F"), ("high", "F")],
+    "idx_quantity": [("system", "T"), ("code", "T"), ("low", "F"), ("high", "F")],
+    "idx_uri": [("value", "T")],
+}
+
+# secondary indexes designed for FHIR's queries: a selective lookup by value within
+# (type, parameter), and a lookup by rid to replace a resource's rows on update
+INDEX_KEYS: dict[str, list[list[str]]] = {
+    "idx_string": [["res_type", "param", "norm"]],
+    "idx_token": [["res_type", "param", "code", "system"]],
+    "idx_reference": [["res_type", "param", "target_id", "target_type"], ["target_type", "target_id"]],
+    "idx_date": [["res_type", "param", "low"], ["res_type", "param", "high"]],
+    "idx_number": [["res_type", "param", "low"]],
+    "idx_quantity": [["res_type", "param", "code", "low"]],
+    "idx_uri": [["res_type", "param", "value"]],
+}
+
+_TYPES = {
+    "sqlite": {"T": "TEXT", "F": "REAL", "I": "INTEGER", "PK": "INTEGER PRIMARY KEY", "B": "INTEGER"},
+    "postgresql": {"T": "TEXT", "F": "DOUBLE PRECISION", "I": "BIGINT", "PK": "BIGSERIAL PRIMARY KEY", "B": "BOOLEAN"},
+}
+
+
+def ddl(dialect: str) -> list[str]:
+    """Every CREATE statement for ``dialect`` ('sqlite' or 'postgresql'), idempotent."""
+    t = _TYPES[dialect]
+    stmts = [
+        "CREATE TABLE IF NOT EXISTS salus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        f"""CREATE TABLE IF NOT EXISTS resources (
+            rid {t['PK']},
+            res_type TEXT NOT NULL,
+            res_id TEXT NOT NULL,
+            version {t['I']} NOT NULL,
+            last_updated TEXT NOT NULL,
+            deleted {t['B']} NOT NULL,
+            UNIQUE (res_type, res_id))""",
+        "CREATE INDEX IF NOT EXISTS resources_type_updated ON resources (res_type, last_updated)",
+        f"""CREATE TABLE IF NOT EXISTS resource_versions (
+            seq {t['PK']},
+            rid {t['I']} NOT NULL,
+            version {t['I']} NOT NULL,
+            res_type TEXT NOT NULL,
+            res_id TEXT NOT NULL,
+            last_updated TEXT NOT NULL,
+            method TEXT NOT NULL,
+            body TEXT,
+            UNIQUE (rid, version))""",
+        "CREATE INDEX IF NOT EXISTS versions_type_seq ON resource_versions (res_type, seq)",
+        "CREATE INDEX IF NOT EXISTS versions_updated ON resource_versions (last_updated)",
+    ]
+    for table, cols in INDEX_TABLES.items():
+        colsql = ", ".join(f"{name} {t[kind]}" for name, kind in cols)
+        stmts.append(
+            f"CREATE TABLE IF NOT EXISTS {table} (rid {t['I']} NOT NULL, res_type TEXT NOT NULL, "
+            f"param TEXT NOT NULL, grp {t['I']} NOT NULL DEFAULT 0, {colsql})"
+        )
+        stmts.append(f"CREATE INDEX IF NOT EXISTS {table}_rid ON {table} (rid)")
+        for i, key in enumerate(INDEX_KEYS[table]):
+            stmts.append(f"CREATE INDEX IF NOT EXISTS {table}_k{i} ON {table} ({', '.join(key)})")
+    return stmts
+
+
+def index_columns(table: str) -> list[str]:
+    """Column names of an index table in insert order (rid, res_type, param, grp, values...)."""
+    return ["rid", "res_type", "param", "grp", *(c for c, _ in INDEX_TABLES[table])]
