@@ -22,6 +22,9 @@ INDEX_TABLES: dict[str, list[tuple[str, str]]] = {
     "idx_number": [("low", "F"), ("high", "F")],
     "idx_quantity": [("system", "T"), ("code", "T"), ("low", "F"), ("high", "F")],
     "idx_uri": [("value", "T")],
+    # every local reference of the resource, search parameter or not: what referential
+    # integrity checks on delete ("who still points here?"); param is unused ('')
+    "refs": [("target_type", "T"), ("target_id", "T")],
 }
 
 # secondary indexes designed for FHIR's queries: a selective lookup by value within
@@ -34,6 +37,7 @@ INDEX_KEYS: dict[str, list[list[str]]] = {
     "idx_number": [["res_type", "param", "low"]],
     "idx_quantity": [["res_type", "param", "code", "low"]],
     "idx_uri": [["res_type", "param", "value"]],
+    "refs": [["target_type", "target_id"]],
 }
 
 _TYPES = {
