@@ -1,0 +1,5 @@
+"""``python -m salus`` runs the CLI."""
+
+from salus.cli import main
+
+main()

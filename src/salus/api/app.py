@@ -1,0 +1,97 @@
+"""The ASGI application: routes under the FHIR base path, errors as OperationOutcomes."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from salus.api.capability import capability_statement
+from salus.api.formats import FHIR_JSON, dumps, negotiate, outcome_response
+from salus.api.rest import RestApi
+from salus.config import Settings
+from salus.fhir.outcome import FhirError
+from salus.service import FhirService
+from salus.store import open_store
+
+log = logging.getLogger("salus.api")
+
+
+def create_app(settings: Settings | None = None, service: FhirService | None = None) -> Starlette:
+    """Build the app over a service (or over the store the settings name)."""
+    settings = settings or Settings.from_env()
+    if service is None:
+        service = FhirService(open_store(settings.effective_database_url, pool_size=settings.pool_size), settings)
+    api = RestApi(service)
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    b = settings.base_path
+
+    async def metadata(request: Request) -> Response:
+        media = negotiate(request)
+        return Response(dumps(capability_statement(api.base_url(request), started), request), media_type=media)
+
+    async def not_allowed(request: Request) -> Response:
+        raise FhirError.of(405, "not-supported", f"{request.method} is not allowed on {request.url.path}")
+
+    async def root(request: Request) -> Response:
+        return RedirectResponse(f"{b}/metadata")
+
+    routes = [
+        Route("/", root, methods=["GET"]),
+        Route(f"{b}/metadata", metadata, methods=["GET"]),
+        Route(f"{b}/metadata", not_allowed, methods=["POST", "PUT", "DELETE", "PATCH"]),
+        Route(f"{b}", api.bundle, methods=["POST"]),
+        Route(f"{b}", api.search, methods=["GET"]),
+        Route(f"{b}/", api.bundle, methods=["POST"]),
+        Route(f"{b}/_search", api.search, methods=["POST"]),
+        Route(f"{b}/_history", api.history, methods=["GET"]),
+        Route(f"{b}/{{type}}", api.search, methods=["GET"]),
+        Route(f"{b}/{{type}}", api.create, methods=["POST"]),
+        Route(f"{b}/{{type}}", api.conditional_update, methods=["PUT"]),
+        Route(f"{b}/{{type}}", api.conditional_delete, methods=["DELETE"]),
+        Route(f"{b}/{{type}}", api.conditional_patch, methods=["PATCH"]),
+        Route(f"{b}/{{type}}/_search", api.search, methods=["POST"]),
+        Route(f"{b}/{{type}}/_history", api.history, methods=["GET"]),
+        Route(f"{b}/{{type}}/$validate", api.validate_op, methods=["POST"]),
+        Route(f"{b}/{{type}}/{{id}}", api.read, methods=["GET"]),
+        Route(f"{b}/{{type}}/{{id}}", api.update, methods=["PUT"]),
+        Route(f"{b}/{{type}}/{{id}}", api.patch, methods=["PATCH"]),
+        Route(f"{b}/{{type}}/{{id}}", api.delete, methods=["DELETE"]),
+        Route(f"{b}/{{type}}/{{id}}/$validate", api.validate_op, methods=["GET", "POST"]),
+        Route(f"{b}/{{type}}/{{id}}/_history", api.history, methods=["GET"]),
+        Route(f"{b}/{{type}}/{{id}}/_history/{{vid}}", api.vread, methods=["GET"]),
+        Route(f"{b}/{{compartment_type}}/{{compartment_id}}/{{type}}", api.search, methods=["GET"]),
+    ]
+
+    async def fhir_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, FhirError)
+        return outcome_response(request, exc)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
+        err = FhirError.of(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}")
+        resp = outcome_response(request, err)
+        if exc.headers:
+            resp.headers.update(exc.headers)
+        return resp
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return Response(
+            dumps(FhirError.of(500, "exception", "Internal server error").to_outcome(), request),
+            status_code=500, media_type=FHIR_JSON,
+        )
+
+    app = Starlette(
+        routes=routes,
+        exception_handlers={FhirError: fhir_error, HTTPException: http_error, Exception: server_error},
+    )
+    app.state.service = service
+    app.state.settings = settings
+    return app

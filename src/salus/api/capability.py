@@ -1,0 +1,61 @@
+"""The CapabilityStatement: exactly what this server does, derived from the same tables the code uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from salus import __version__
+from salus.fhir.definitions import r4, search_parameters
+
+INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"]
+# the parameter types the search compiler implements; composite and special are the next issue
+SUPPORTED_PARAM_TYPES = {"string", "token", "reference", "date", "number", "quantity", "uri"}
+
+
+def capability_statement(base_url: str, software_date: str) -> dict[str, Any]:
+    """The server's CapabilityStatement (R4), listing every resource type and the search parameters really indexed."""
+    resources = []
+    for t in r4()["resourceTypes"]:
+        params = [
+            {"name": code, "definition": p["url"], "type": p["type"]}
+            for code, p in sorted(search_parameters(t).items())
+            if p["type"] in SUPPORTED_PARAM_TYPES and (p.get("expression") or code == "_id")
+        ]
+        resources.append({
+            "type": t,
+            "profile": f"http://hl7.org/fhir/StructureDefinition/{t}",
+            "interaction": [{"code": c} for c in INTERACTIONS],
+            "versioning": "versioned-update",
+            "readHistory": True,
+            "updateCreate": True,
+            "conditionalCreate": True,
+            "conditionalRead": "full-support",
+            "conditionalUpdate": True,
+            "conditionalDelete": "single",
+            "referencePolicy": ["literal", "local"],
+            "searchParam": params,
+            "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
+        })
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": software_date,
+        "publisher": "Salus",
+        "kind": "instance",
+        "software": {"name": "Salus", "version": __version__},
+        "implementation": {"description": "Salus FHIR R4 server", "url": base_url},
+        "fhirVersion": "4.0.1",
+        # FHIR XML is not supported: requests for it get 406/415
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [{
+            "mode": "server",
+            "documentation": "Security is not enabled on this server.",
+            "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}, {"code": "search-system"}],
+            "searchParam": [
+                {"name": "_id", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id", "type": "token"},
+                {"name": "_lastUpdated", "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated", "type": "date"},
+            ],
+        }],
+    }

@@ -1,0 +1,206 @@
+"""The ``salus`` command line: serve, demo, import, export, db upgrade.
+
+The command-line contract is stable (scripts rely on it): see ``salus --help``
+and docs/cli.md.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from salus.config import Settings
+
+app = typer.Typer(
+    help="Salus: a FHIR R4 server and clinical data platform. SQLite by default; "
+    "set SALUS_DATABASE_URL=postgresql://... for PostgreSQL.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console(stderr=True)
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", "-d", help="Folder holding the SQLite database (default ./salus-data).")]
+
+
+def _settings(data_dir: Path | None, **kw: object) -> Settings:
+    return Settings.from_env(data_dir=data_dir, **kw)
+
+
+def _service(settings: Settings):  # type: ignore[no-untyped-def]
+    from salus.service import FhirService
+    from salus.store import open_store
+
+    return FhirService(open_store(settings.effective_database_url, pool_size=settings.pool_size), settings)
+
+
+def _describe_db(settings: Settings) -> str:
+    url = settings.effective_database_url
+    if url.startswith("sqlite"):
+        return f"SQLite at {url.removeprefix('sqlite:///')}"
+    return "PostgreSQL at " + url.split("@")[-1]
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    data_dir: DataDir = None,
+    workers: Annotated[int, typer.Option(help="Worker processes (each with its own connections).")] = 1,
+) -> None:
+    """Serve the FHIR R4 API at http://HOST:PORT/fhir."""
+    import uvicorn
+
+    settings = _settings(data_dir, host=host, port=port, workers=workers)
+    # workers are separate processes: hand them the settings through the environment
+    os.environ["SALUS_DATA_DIR"] = str(settings.data_dir)
+    if settings.database_url:
+        os.environ["SALUS_DATABASE_URL"] = settings.database_url
+    from salus.store import open_store
+
+    open_store(settings.effective_database_url, pool_size=1).close()  # create/migrate once, before workers start
+    console.print(f"[bold green]Salus[/] FHIR R4 server on [bold]http://{host}:{port}/fhir[/]")
+    console.print(f"  store: {_describe_db(settings)}; workers: {workers}")
+    console.print("  [yellow]security is OFF[/]: no authentication; keep it on loopback")
+    console.print(f"  try: curl http://{host}:{port}/fhir/metadata")
+    uvicorn.run(
+        "salus.api.asgi:app", host=host, port=port, workers=workers, log_level="warning",
+        access_log=False, proxy_headers=False,
+    )
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    )
+
+
+def _print_report(report, seconds: float) -> None:  # type: ignore[no-untyped-def]
+    table = Table(title="Loaded", show_lines=False)
+    table.add_column("resource type")
+    table.add_column("count", justify="right")
+    for t, n in sorted(report.loaded.items()):
+        table.add_row(t, str(n))
+    console.print(table)
+    rate = report.total_loaded / seconds if seconds > 0 else 0.0
+    console.print(f"{report.total_loaded} resources loaded in {seconds:.1f} s ({rate:,.0f}/s); {len(report.rejected)} rejected")
+    for where, why in report.rejected[:50]:
+        console.print(f"  [red]rejected[/] {where}: {why}")
+    if len(report.rejected) > 50:
+        console.print(f"  ... and {len(report.rejected) - 50} more")
+
+
+@app.command()
+def demo(
+    patients: Annotated[int, typer.Option("--patients", "-n", help="How many patients to generate.")] = 100,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same data.")] = 1,
+    data_dir: DataDir = None,
+) -> None:
+    """Generate a realistic, seeded demo population and load it."""
+    import time
+
+    from salus import demo as demo_mod
+    from salus.loader import import_resources
+
+    settings = _settings(data_dir)
+    service = _service(settings)
+    expected = demo_mod.estimate(patients) if hasattr(demo_mod, "estimate") else None
+    start = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task(f"demo ({patients} patients)", total=expected)
+        report = import_resources(
+            service, (("demo", r) for r in demo_mod.generate(patients, seed)),
+            progress=lambda n: progress.advance(task, n),
+        )
+    _print_report(report, time.perf_counter() - start)
+    console.print(f"store: {_describe_db(settings)}")
+    if report.rejected:
+        raise typer.Exit(1)
+
+
+@app.command("import")
+def import_(
+    paths: Annotated[list[Path], typer.Argument(help="NDJSON, .ndjson.gz or Bundle JSON files, or folders of them.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Import FHIR resources; prints what was loaded and what was rejected and why."""
+    import time
+
+    from salus.loader import expand_paths, import_resources, read_file
+
+    settings = _settings(data_dir)
+    files = expand_paths(paths)
+    missing = [p for p in files if not p.exists()]
+    if missing:
+        console.print(f"[red]no such file:[/] {missing[0]}")
+        raise typer.Exit(2)
+    service = _service(settings)
+    start = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task("import", total=None)
+        report = None
+        for f in files:
+            progress.update(task, description=f"import {f.name}")
+            report = import_resources(service, read_file(f), progress=lambda n: progress.advance(task, n), report=report)
+    assert report is not None
+    _print_report(report, time.perf_counter() - start)
+    if report.rejected:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Argument(help="A folder (one Type.ndjson per type) or a single .ndjson file.")],
+    type_: Annotated[list[str] | None, typer.Option("--type", "-t", help="Only these resource types (repeatable).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Export current resources as NDJSON."""
+    settings = _settings(data_dir)
+    service = _service(settings)
+    types = type_ or [None]
+    single = out.suffix == ".ndjson"
+    if not single:
+        out.mkdir(parents=True, exist_ok=True)
+    handles: dict[str, object] = {}
+    n = 0
+    try:
+        for t in types:
+            for v in service.store.iter_current(t):
+                key = "all" if single else v.res_type
+                if key not in handles:
+                    handles[key] = (out if single else out / f"{v.res_type}.ndjson").open("w")
+                handles[key].write(v.body + "\n")  # type: ignore[attr-defined]
+                n += 1
+    finally:
+        for h in handles.values():
+            h.close()  # type: ignore[attr-defined]
+    console.print(f"exported {n} resources to {out}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDir = None) -> None:
+    """Create or migrate the database schema to the current version."""
+    from salus.store import open_store
+    from salus.store.schema import SCHEMA_VERSION
+
+    settings = _settings(data_dir)
+    open_store(settings.effective_database_url).close()
+    console.print(f"{_describe_db(settings)}: schema at version {SCHEMA_VERSION}")
+
+
+def main() -> None:
+    """Entry point for ``python -m salus``."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

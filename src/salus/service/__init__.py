@@ -1,0 +1,466 @@
+"""The one read/write path every door goes through.
+
+validate -> (authorize, later) -> store.transaction(resource row + version +
+index rows) -> after commit, publish ``ResourceChanged``. Doors (REST, bundles,
+import, HL7 v2 ...) call these methods and format the answers; none of them
+talks SQL, and none re-implements versioning, validation or integrity.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode
+
+import jsonpatch
+import orjson
+
+from salus.config import Settings
+from salus.events import EventBus, ResourceChanged
+from salus.fhir.definitions import is_resource_type
+from salus.fhir.outcome import FhirError, Issue
+from salus.fhir.refs import is_valid_id, local_targets
+from salus.fhir.validate import validate_or_raise
+from salus.search.engine import SearchResult, match_ids, run_search
+from salus.search.indexing import index_rows
+from salus.store import Store, StoredVersion, Transaction
+from salus.store.base import IndexRows
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What a write did: the HTTP-ish status, the stored version (None when nothing was written)."""
+
+    status: int
+    version: StoredVersion | None
+    created: bool = False
+    issues: list[Issue] = field(default_factory=list)
+
+
+def db_instant(ts: datetime) -> str:
+    """The fixed-width UTC text the store orders by (the index tables use the same form)."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def fhir_instant(db_value: str) -> str:
+    """A stored instant as a FHIR ``instant``."""
+    return db_value + "Z"
+
+
+def parse_instant(value: str, what: str) -> str:
+    """A client-supplied instant/dateTime (``_since``, ``_at``) in store form; 400 if unreadable."""
+    v = value.strip().replace(" ", "+")
+    try:
+        if len(v) == 4:
+            ts = datetime(int(v), 1, 1, tzinfo=UTC)
+        elif len(v) == 7:
+            ts = datetime(int(v[:4]), int(v[5:7]), 1, tzinfo=UTC)
+        else:
+            ts = datetime.fromisoformat(v.replace("Z", "+00:00"))
+            if ts.tzinfo is None:
+                ts = ts.replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise FhirError.of(400, "invalid", f"{what} is not a valid instant: {value!r}") from exc
+    return db_instant(ts)
+
+
+def canonical_query(query: str) -> list[tuple[str, str]]:
+    """A conditional operation's query string as ordered pairs."""
+    return parse_qsl(query.lstrip("?"), keep_blank_values=True)
+
+
+class FhirService:
+    """FHIR interactions over a ``Store``: the only place where writes happen."""
+
+    def __init__(self, store: Store, settings: Settings | None = None, events: EventBus | None = None) -> None:
+        self.store = store
+        self.settings = settings or Settings()
+        self.events = events or EventBus()
+        self._clock_lock = threading.Lock()
+        self._last_ts = datetime.min.replace(tzinfo=UTC)
+        self._pending = threading.local()
+
+    # ---- plumbing ------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """A strictly increasing timestamp, so versions of one resource never share a lastUpdated."""
+        with self._clock_lock:
+            ts = datetime.now(UTC)
+            if ts <= self._last_ts:
+                ts = self._last_ts + timedelta(microseconds=1)
+            self._last_ts = ts
+            return ts
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """A write transaction whose changes are published once it commits."""
+        outer = getattr(self._pending, "events", None)
+        if outer is not None:
+            raise RuntimeError("nested service transactions are not supported")
+        self._pending.events = []
+        try:
+            with self.store.transaction() as tx:
+                yield tx
+            events = self._pending.events
+        finally:
+            self._pending.events = None
+        self.events.publish(events)
+
+    def _run(self, tx: Transaction | None, fn: Callable[[Transaction], T]) -> T:
+        if tx is not None:
+            return fn(tx)
+        with self.transaction() as own:
+            return fn(own)
+
+    @staticmethod
+    def check_type(res_type: str) -> None:
+        """404 with an OperationOutcome for an unknown resource type."""
+        if not is_resource_type(res_type):
+            raise FhirError.of(404, "not-supported", f"Resource type {res_type!r} is not supported")
+
+    @staticmethod
+    def check_id(res_id: str) -> None:
+        """400 for a logical id outside ``[A-Za-z0-9-.]{1,64}``."""
+        if not is_valid_id(res_id):
+            raise FhirError.of(400, "invalid", f"Invalid resource id {res_id[:80]!r}")
+
+    # ---- reads -----------------------------------------------------------------------
+
+    def read(self, res_type: str, res_id: str) -> StoredVersion:
+        """The current version; 404 if it never existed, 410 if deleted."""
+        self.check_type(res_type)
+        self.check_id(res_id)
+        v = self.store.read(res_type, res_id)
+        if v is None:
+            raise FhirError.of(404, "not-found", f"Resource {res_type}/{res_id} is not known")
+        if v.deleted:
+            raise FhirError.of(410, "deleted", f"Resource {res_type}/{res_id} was deleted (version {v.version})")
+        return v
+
+    def vread(self, res_type: str, res_id: str, version: str) -> StoredVersion:
+        """One version; 404 if unknown, 410 if that version is a deletion."""
+        self.check_type(res_type)
+        self.check_id(res_id)
+        if not version.isdigit():
+            raise FhirError.of(404, "not-found", f"Version {version!r} of {res_type}/{res_id} is not known")
+        v = self.store.vread(res_type, res_id, int(version))
+        if v is None:
+            raise FhirError.of(404, "not-found", f"Version {version} of {res_type}/{res_id} is not known")
+        if v.deleted:
+            raise FhirError.of(410, "deleted", f"Version {version} of {res_type}/{res_id} is a deletion")
+        return v
+
+    def history(
+        self, res_type: str | None, res_id: str | None, *, since: str | None = None, at: str | None = None,
+        count: int | None = None, before_seq: int | None = None,
+    ) -> tuple[list[StoredVersion], int]:
+        """Versions newest first, and how many in total match (for ``Bundle.total``)."""
+        if res_type is not None:
+            self.check_type(res_type)
+        if res_id is not None:
+            assert res_type is not None
+            self.check_id(res_id)
+            if self.store.read(res_type, res_id) is None:
+                raise FhirError.of(404, "not-found", f"Resource {res_type}/{res_id} is not known")
+        since_db = parse_instant(since, "_since") if since else None
+        at_db = parse_instant(at, "_at") if at else None
+        limit = self.page_size(count)
+        versions = self.store.history(res_type, res_id, since=since_db, at=at_db, before_seq=before_seq, limit=limit)
+        total = len(versions) if at_db else self.store.history_count(res_type, res_id, since=since_db)
+        return versions, total
+
+    def page_size(self, count: int | None) -> int:
+        """``_count`` bounded by the configured maximum."""
+        if count is None:
+            return self.settings.default_page_size
+        return max(0, min(count, self.settings.max_page_size))
+
+    def search(
+        self, res_type: str | None, query: list[tuple[str, str]], *, count: int | None = None, offset: int = 0,
+        strict: bool = False, compartment: tuple[str, str] | None = None, tx: Transaction | None = None,
+    ) -> SearchResult:
+        """Run a FHIR search at type (or system, with ``res_type=None``) level."""
+        if res_type is not None:
+            self.check_type(res_type)
+        return run_search(
+            tx or self.store, res_type, query, count=self.page_size(count), offset=offset, strict=strict,
+            compartment=compartment,
+        )
+
+    # ---- writes ------------------------------------------------------------------------
+
+    def _prepare(self, res_type: str, resource: Any, *, url_id: str | None = None) -> dict[str, Any]:
+        if not isinstance(resource, dict):
+            raise FhirError.of(400, "structure", "The body must be a JSON object holding a FHIR resource")
+        if resource.get("resourceType") != res_type:
+            raise FhirError.of(
+                400, "invalid",
+                f"resourceType {resource.get('resourceType')!r} does not match the endpoint's type {res_type!r}",
+            )
+        if url_id is not None:
+            if "id" not in resource:
+                raise FhirError.of(400, "required", "An update must carry the resource id in the body", "id")
+            if resource["id"] != url_id:
+                raise FhirError.of(
+                    400, "invalid", f"The body's id {resource['id']!r} does not match the URL's id {url_id!r}", "id"
+                )
+        validate_or_raise(resource, res_type)
+        return resource
+
+    def check_references(self, tx: Transaction, res_type: str, res_id: str, resource: dict[str, Any]) -> None:
+        if not self.settings.referential_integrity:
+            return
+        missing = []
+        for t, i in sorted(local_targets(resource)):
+            if (t, i) == (res_type, res_id):
+                continue
+            rows = tx.query("SELECT deleted FROM resources WHERE res_type = ? AND res_id = ?", (t, i))
+            if not rows or rows[0][0]:
+                missing.append(f"{t}/{i}")
+        if missing:
+            raise FhirError(422, [
+                Issue("processing", f"Reference to {m} cannot be resolved: no such resource on this server")
+                for m in missing
+            ])
+
+    def _write(
+        self, tx: Transaction, res_type: str, res_id: str, resource: dict[str, Any] | None, method: str,
+        *, check_refs: bool = True, index: bool = True,
+    ) -> StoredVersion:
+        """Write the next version of ``res_type/res_id`` (a deletion when ``resource`` is None)."""
+        current = tx.current(res_type, res_id)
+        version = (current.version + 1) if current else 1
+        ts = self.now()
+        stamp = db_instant(ts)
+        body: str | None = None
+        rows: IndexRows | None = None
+        if resource is not None:
+            if check_refs:
+                self.check_references(tx, res_type, res_id, resource)
+            meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+            final: dict[str, Any] = {
+                "resourceType": res_type,
+                "id": res_id,
+                "meta": {"versionId": str(version), "lastUpdated": fhir_instant(stamp), **meta},
+            }
+            for k, v in resource.items():
+                if k not in final:
+                    final[k] = v
+            body = orjson.dumps(final).decode()
+            if index:
+                rows = index_rows(final)
+                rows["refs"] = [("", 0, t, i) for t, i in local_targets(final)]
+        tx.write_version(res_type, res_id, version, stamp, method, body, rows, current)
+        stored = StoredVersion(res_type, res_id, version, stamp, method, body)
+        pending = getattr(self._pending, "events", None)
+        if pending is not None:
+            pending.append(ResourceChanged(res_type, res_id, version, method, body))
+        return stored
+
+    def _lock_and_match(self, tx: Transaction, res_type: str, query: str) -> list[tuple[str, int]]:
+        pairs = canonical_query(query)
+        if not pairs:
+            raise FhirError.of(400, "invalid", "A conditional operation needs search parameters")
+        tx.lock(f"{res_type}?{urlencode(sorted(pairs))}")
+        return match_ids(tx, res_type, pairs, limit=2)
+
+    def create(
+        self, res_type: str, resource: Any, *, if_none_exist: str | None = None, res_id: str | None = None,
+        tx: Transaction | None = None, check_refs: bool = True,
+    ) -> WriteResult:
+        """Create with a server-assigned id; with ``If-None-Exist``, return the match instead (200), 412 if several."""
+        self.check_type(res_type)
+        resource = self._prepare(res_type, resource)
+
+        def work(t: Transaction) -> WriteResult:
+            if if_none_exist:
+                matches = self._lock_and_match(t, res_type, if_none_exist)
+                if len(matches) > 1:
+                    raise FhirError.of(412, "duplicate", f"If-None-Exist matched several {res_type} resources")
+                if matches:
+                    existing = t.query(
+                        "SELECT v.body, v.version, v.last_updated FROM resources r JOIN resource_versions v "
+                        "ON v.rid = r.rid AND v.version = r.version WHERE r.res_type = ? AND r.res_id = ?",
+                        (res_type, matches[0][0]),
+                    )[0]
+                    return WriteResult(200, StoredVersion(res_type, matches[0][0], int(existing[1]), existing[2], "POST", existing[0]))
+            new_id = res_id or str(uuid.uuid4())
+            return WriteResult(201, self._write(t, res_type, new_id, resource, "POST", check_refs=check_refs), created=True)
+
+        return self._run(tx, work)
+
+    def update(
+        self, res_type: str, res_id: str, resource: Any, *, if_match: str | None = None, tx: Transaction | None = None,
+        method: str = "PUT", check_refs: bool = True,
+    ) -> WriteResult:
+        """Update (or create with the client's id); ``If-Match`` must name the current version."""
+        self.check_type(res_type)
+        self.check_id(res_id)
+        resource = self._prepare(res_type, resource, url_id=res_id)
+
+        def work(t: Transaction) -> WriteResult:
+            current = t.current(res_type, res_id)
+            check_if_match(if_match, current.version if current and not current.deleted else None, f"{res_type}/{res_id}")
+            created = current is None or current.deleted
+            written = self._write(t, res_type, res_id, resource, method, check_refs=check_refs)
+            return WriteResult(201 if created else 200, written, created=created)
+
+        return self._run(tx, work)
+
+    def conditional_update(
+        self, res_type: str, query: str, resource: Any, *, if_match: str | None = None, tx: Transaction | None = None,
+        check_refs: bool = True,
+    ) -> WriteResult:
+        """Update the single match of ``query``; create if none; 412 if several."""
+        self.check_type(res_type)
+        if not isinstance(resource, dict):
+            raise FhirError.of(400, "structure", "The body must be a JSON object holding a FHIR resource")
+
+        def work(t: Transaction) -> WriteResult:
+            matches = self._lock_and_match(t, res_type, query)
+            if len(matches) > 1:
+                raise FhirError.of(412, "multiple-matches", f"The conditional update matched several {res_type} resources")
+            if matches:
+                match_id = matches[0][0]
+                if "id" in resource and resource["id"] != match_id:
+                    raise FhirError.of(400, "invalid", f"The body's id {resource['id']!r} is not the matching resource {match_id!r}", "id")
+                return self.update(
+                    res_type, match_id, {**resource, "id": match_id}, if_match=if_match, tx=t, check_refs=check_refs
+                )
+            if "id" in resource:
+                return self.update(res_type, resource["id"], resource, tx=t, check_refs=check_refs)
+            return self.create(res_type, resource, tx=t, check_refs=check_refs)
+
+        return self._run(tx, work)
+
+    def patch(
+        self, res_type: str, res_id: str, patch: Any, *, if_match: str | None = None, tx: Transaction | None = None,
+        check_refs: bool = True,
+    ) -> WriteResult:
+        """Apply a JSON Patch (RFC 6902) to the current version and store the result as a new version."""
+        self.check_type(res_type)
+        self.check_id(res_id)
+        if not isinstance(patch, list):
+            raise FhirError.of(400, "structure", "A JSON Patch document must be a JSON array of operations")
+
+        def work(t: Transaction) -> WriteResult:
+            current = t.current(res_type, res_id)  # locks the row: the patch applies to what we replace
+            if current is None:
+                raise FhirError.of(404, "not-found", f"Resource {res_type}/{res_id} is not known")
+            if current.deleted:
+                raise FhirError.of(410, "deleted", f"Resource {res_type}/{res_id} was deleted")
+            check_if_match(if_match, current.version, f"{res_type}/{res_id}")
+            body = t.query(
+                "SELECT body FROM resource_versions WHERE rid = ? AND version = ?", (current.rid, current.version)
+            )[0][0]
+            patched = apply_json_patch(orjson.loads(body), patch)
+            if not isinstance(patched, dict) or patched.get("id") != res_id or patched.get("resourceType") != res_type:
+                raise FhirError.of(422, "processing", "A patch may not change the resource's type or id")
+            return self.update(res_type, res_id, patched, tx=t, method="PATCH", check_refs=check_refs)
+
+        return self._run(tx, work)
+
+    def delete(
+        self, res_type: str, res_id: str, *, cascade: bool = False, tx: Transaction | None = None,
+    ) -> WriteResult:
+        """Delete (a versioned tombstone); 409 while other resources reference it unless ``cascade``."""
+        self.check_type(res_type)
+        self.check_id(res_id)
+
+        def work(t: Transaction) -> WriteResult:
+            current = t.current(res_type, res_id)
+            if current is None or current.deleted:
+                return WriteResult(204, None)
+            referrers = self._referrers(t, res_type, res_id)
+            if referrers and not cascade:
+                shown = ", ".join(f"{a}/{b}" for a, b in referrers[:5])
+                raise FhirError.of(
+                    409, "conflict",
+                    f"{res_type}/{res_id} is referenced by {shown}{' and others' if len(referrers) > 5 else ''}; "
+                    "delete those first or ask for _cascade=delete",
+                )
+            for a, b in referrers:
+                self.delete(a, b, cascade=True, tx=t)
+            return WriteResult(204, self._write(t, res_type, res_id, None, "DELETE"))
+
+        return self._run(tx, work)
+
+    def _referrers(self, tx: Transaction, res_type: str, res_id: str) -> list[tuple[str, str]]:
+        rows = tx.query(
+            "SELECT DISTINCT r.res_type, r.res_id FROM refs f JOIN resources r ON r.rid = f.rid "
+            "WHERE f.target_type = ? AND f.target_id = ? AND NOT r.deleted ORDER BY r.res_type, r.res_id",
+            (res_type, res_id),
+        )
+        return [(a, b) for a, b in rows if (a, b) != (res_type, res_id)]
+
+    def conditional_delete(
+        self, res_type: str, query: str, *, cascade: bool = False, tx: Transaction | None = None,
+    ) -> WriteResult:
+        """Delete the single match of ``query`` (nothing if none); 412 if several."""
+        self.check_type(res_type)
+
+        def work(t: Transaction) -> WriteResult:
+            matches = self._lock_and_match(t, res_type, query)
+            if len(matches) > 1:
+                raise FhirError.of(412, "multiple-matches", f"The conditional delete matched several {res_type} resources")
+            if not matches:
+                return WriteResult(204, None)
+            return self.delete(res_type, matches[0][0], cascade=cascade, tx=t)
+
+        return self._run(tx, work)
+
+    def load(self, resources: list[dict[str, Any]], *, validate: bool = True) -> None:
+        """Write a batch of resources with their own ids in one transaction (bulk import, demo loading).
+
+        References are not checked here: bulk files arrive in any order (Patient after
+        Encounter), so integrity is the importer's report, not a per-row rule.
+        """
+        for r in resources:
+            res_type = r.get("resourceType")
+            if not isinstance(res_type, str):
+                raise FhirError.of(400, "invalid", "resourceType is missing")
+            self.check_type(res_type)
+            if "id" not in r:
+                r["id"] = str(uuid.uuid4())
+            self.check_id(str(r["id"]))
+            if validate:
+                validate_or_raise(r, res_type)
+        with self.transaction() as tx:
+            for r in resources:
+                self._write(tx, r["resourceType"], r["id"], r, "PUT", check_refs=False)
+
+
+def apply_json_patch(document: Any, patch: Any) -> Any:
+    """Apply an RFC 6902 JSON Patch; a patch that cannot apply is 422, a malformed one 400."""
+    if not isinstance(patch, list):
+        raise FhirError.of(400, "structure", "A JSON Patch document must be a JSON array of operations")
+    try:
+        return jsonpatch.JsonPatch(patch).apply(document)
+    except jsonpatch.InvalidJsonPatch as exc:
+        raise FhirError.of(400, "structure", f"Malformed JSON Patch: {exc}") from exc
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+        raise FhirError.of(422, "processing", f"The patch could not be applied: {exc}") from exc
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError) as exc:
+        raise FhirError.of(400, "structure", f"Malformed JSON Patch: {exc}") from exc
+
+
+def check_if_match(if_match: str | None, current_version: int | None, what: str) -> None:
+    """412 unless ``If-Match`` (``W/"n"`` or ``n``) names the current version."""
+    if if_match is None:
+        return
+    wanted = if_match.strip()
+    if wanted.startswith("W/"):
+        wanted = wanted[2:]
+    wanted = wanted.strip('"')
+    if current_version is None or wanted != str(current_version):
+        raise FhirError.of(
+            412, "conflict",
+            f"If-Match {if_match} does not match the current version of {what} ({current_version or 'none'})",
+        )
