@@ -30,6 +30,7 @@ test: $(STAMP)
 
 ## Benchmarks: print figures and write docs/benchmarks.md (never part of make test)
 bench: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get install -y -q wrk >/dev/null 2>&1 || echo "wrk unavailable: HTTP figures will be skipped")
 	$(BIN)/python -m bench
 
 lint: $(STAMP)

@@ -1,0 +1,1 @@
+"""Benchmarks: ``make bench`` runs them, prints figures and rewrites docs/benchmarks.md."""
