@@ -19,7 +19,8 @@ def load_lines(folder: Path) -> list[bytes]:
     """Every NDJSON line of a bulk folder, in import order."""
     lines: list[bytes] = []
     for f in sorted(folder.glob("*.ndjson.gz")):
-        lines += [line.rstrip(b"\n") for line in gzip.open(f) if line.strip()]
+        with gzip.open(f) as fh:
+            lines += [line.rstrip(b"\n") for line in fh if line.strip()]
     return lines
 
 
@@ -32,11 +33,11 @@ def raw_insert(url: str, lines: list[bytes]) -> float:
     store.query("CREATE TABLE raw_json (res_type TEXT, res_id TEXT, body TEXT)")
     start = time.perf_counter()
     if store.dialect == "postgresql":
-        with store.pool.connection() as conn, conn.cursor() as cur:  # type: ignore[attr-defined]
-            with cur.copy("COPY raw_json (res_type, res_id, body) FROM STDIN") as copy:
-                for line in lines:
-                    r = orjson.loads(line)
-                    copy.write_row((r["resourceType"], r["id"], line.decode()))
+        with store.pool.connection() as conn, conn.cursor() as cur, \
+                cur.copy("COPY raw_json (res_type, res_id, body) FROM STDIN") as copy:  # type: ignore[attr-defined]
+            for line in lines:
+                r = orjson.loads(line)
+                copy.write_row((r["resourceType"], r["id"], line.decode()))
     else:
         with store.transaction() as tx:
             rows = []

@@ -75,7 +75,8 @@ def test_sigkill_during_import_leaves_only_whole_transactions(tmp_path: Path) ->
         # the import commits each file in batches of 500: what is there must end on a batch boundary
         boundaries, total = {0}, 0
         for f in sorted(src.glob("*.ndjson.gz")):
-            count = sum(1 for line in gzip.open(f) if line.strip())
+            with gzip.open(f) as fh:
+                count = sum(1 for line in fh if line.strip())
             boundaries.update(total + k for k in range(500, count, 500))
             total += count
             boundaries.add(total)
@@ -89,7 +90,8 @@ def test_sigkill_during_import_leaves_only_whole_transactions(tmp_path: Path) ->
     from salus.store import open_store
 
     store = open_store(f"sqlite:///{db}")
-    first_id = orjson.loads(gzip.open(sorted(src.glob("AllergyIntolerance*"))[0]).readline())["id"]
+    with gzip.open(sorted(src.glob("AllergyIntolerance*"))[0]) as fh:
+        first_id = orjson.loads(fh.readline())["id"]
     got = store.read("AllergyIntolerance", first_id)
     assert got is not None and orjson.loads(got.body or "{}")["id"] == first_id
     store.close()

@@ -140,7 +140,8 @@ def test_bundle_that_is_not_batch_or_transaction_is_rejected(client: TestClient)
 
 def test_synthea_transaction_bundle_loads_atomically(client: TestClient) -> None:
     path = sorted(corpus("synthea-r4", "transaction-bundles").glob("*.json.gz"))[0]
-    bundle = json.load(gzip.open(path, "rt"))
+    with gzip.open(path, "rt") as f:
+        bundle = json.load(f)
     r = send(client, bundle)
     assert r.status_code == 200, r.text[:2000]
     entries = r.json()["entry"]

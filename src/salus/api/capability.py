@@ -8,8 +8,8 @@ from salus import __version__
 from salus.fhir.definitions import r4, search_parameters
 
 INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"]
-# the parameter types the search compiler implements; composite and special are the next issue
-SUPPORTED_PARAM_TYPES = {"string", "token", "reference", "date", "number", "quantity", "uri"}
+# the parameter types the search compiler implements (special ones, such as near, are not)
+SUPPORTED_PARAM_TYPES = {"string", "token", "reference", "date", "number", "quantity", "uri", "composite"}
 
 
 def capability_statement(base_url: str, software_date: str) -> dict[str, Any]:

@@ -42,7 +42,8 @@ INDEX_KEYS: dict[str, list[list[str]]] = {
 
 _TYPES = {
     "sqlite": {"T": "TEXT", "F": "REAL", "I": "INTEGER", "PK": "INTEGER PRIMARY KEY", "B": "INTEGER"},
-    "postgresql": {"T": "TEXT", "F": "DOUBLE PRECISION", "I": "BIGINT", "PK": "BIGSERIAL PRIMARY KEY", "B": "BOOLEAN"},
+    # "C" collation: byte order, so the prefix ranges search compiles are exact whatever the database's locale
+    "postgresql": {"T": 'TEXT COLLATE "C"', "F": "DOUBLE PRECISION", "I": "BIGINT", "PK": "BIGSERIAL PRIMARY KEY", "B": "BOOLEAN"},
 }
 
 

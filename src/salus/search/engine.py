@@ -1,0 +1,171 @@
+"""Run a search against the store: parse, compile for its dialect, page, include.
+
+``db`` is anything with ``dialect`` and ``query(sql, params)`` (the store, or
+an open write transaction for conditional interactions). Paging is by offset
+over a deterministic order (``_sort`` keys, then ``rid``); one extra row is
+fetched to know whether a next page exists, and the total is counted only
+when it cannot be known from the page itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from salus.fhir.outcome import FhirError, Issue
+from salus.search import compile as c
+from salus.search.parse import parse_query
+from salus.search.tree import SearchQuery
+
+DEFAULT_COUNT = 50
+MAX_COUNT = 1000
+# an _include over a page of MAX_COUNT can reach many resources; more than this is refused rather than slow
+MAX_INCLUDED = 5000
+# rounds of _include:iterate after the first; references rarely nest deeper (Observation -> Patient -> Organization)
+MAX_ITERATE = 4
+
+Entry = tuple[str, str, "bytes | str"]
+
+
+class Queryable(Protocol):
+    """What search needs of the store: its SQL dialect and a read query."""
+
+    dialect: str
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read query and return all rows."""
+        ...
+
+
+@dataclass
+class SearchResult:
+    """One page of a search: matches in order, included resources, and what the Bundle needs to say."""
+
+    entries: list[Entry]
+    included: list[Entry] = field(default_factory=list)
+    total: int | None = None
+    has_next: bool = False
+    applied: list[tuple[str, str]] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    summary: str | None = None
+    elements: list[str] | None = None
+
+
+def _run(db: Queryable, node: Any) -> list[tuple[Any, ...]]:
+    sql, params = c.to_sql(node, db.dialect)
+    return db.query(sql, params)
+
+
+def _reject_unknown(q: SearchQuery) -> None:
+    if q.unknown:
+        raise FhirError(
+            400,
+            [
+                Issue("not-supported", f"Unknown or unsupported search parameter '{name}'", expression=name)
+                for name in q.unknown
+            ],
+        )
+
+
+def run_search(
+    db: Queryable,
+    resource_type: str | None,
+    query: list[tuple[str, str]],
+    *,
+    count: int | None = None,
+    offset: int = 0,
+    strict: bool = False,
+    compartment: tuple[str, str] | None = None,
+    count_only: bool = False,
+) -> SearchResult:
+    """Search ``resource_type`` (None: all types, ``_type`` narrows) with the URL's ``query`` pairs.
+
+    ``count`` (else ``_count``, else 50, at most 1000) is the page size and
+    ``offset`` where the page starts. ``strict`` rejects unknown parameters
+    with 400 (``Prefer: handling=strict``); otherwise they are listed in
+    ``unknown``. ``compartment=('Patient', id)`` restricts to that compartment.
+    ``count_only`` (or ``_summary=count``, or a page size of 0) only counts.
+    """
+    q = parse_query(resource_type, query)
+    if strict:
+        _reject_unknown(q)
+    size = count if count is not None else q.count if q.count is not None else DEFAULT_COUNT
+    size = max(0, min(size, MAX_COUNT))
+    offset = max(0, offset)
+    filt = c.where(q, compartment)
+    result = SearchResult([], applied=q.applied, unknown=q.unknown, summary=q.summary, elements=q.elements)
+    if count_only or q.summary == "count" or size == 0:
+        result.total = int(_run(db, c.count_select(filt))[0][0])
+        return result
+    rows = _run(db, c.page_select(q, filt, size + 1, offset))
+    result.has_next = len(rows) > size
+    rows = rows[:size]
+    result.entries = [(r[1], r[2], r[4]) for r in rows]
+    if q.total != "none":
+        if not result.has_next and (rows or offset == 0):
+            result.total = offset + len(rows)
+        else:
+            result.total = int(_run(db, c.count_select(filt))[0][0])
+    if q.includes and rows:
+        result.included = _included(db, q, rows)
+    return result
+
+
+def _included(db: Queryable, q: SearchQuery, rows: list[tuple[Any, ...]]) -> list[Entry]:
+    """The resources ``_include``/``_revinclude`` add, once each, never repeating a match.
+
+    The first round applies every include to the page's matches; each further
+    round applies the ``:iterate`` ones to what the round before added, until
+    nothing new comes (at most ``MAX_ITERATE`` rounds).
+    """
+    seen = {r[0] for r in rows}
+    out: list[Entry] = []
+    frontier = rows
+    iterating = any(inc.iterate for inc in q.includes)
+    for round_ in range(MAX_ITERATE + 1):
+        new: list[tuple[Any, ...]] = []
+        for inc in q.includes:
+            if round_ and not inc.iterate:
+                continue
+            if inc.reverse:
+                node = c.revinclude_select(inc, [(r[1], r[2]) for r in frontier])
+            else:
+                rids = [r[0] for r in frontier if r[1] == inc.source_type]
+                if not rids:
+                    continue
+                node = c.include_select(inc, rids)
+            for r in _run(db, node):
+                if r[0] not in seen:
+                    seen.add(r[0])
+                    new.append(r)
+        out += [(r[1], r[2], r[4]) for r in new]
+        if len(out) > MAX_INCLUDED:
+            raise FhirError.of(
+                400,
+                "too-costly",
+                f"_include/_revinclude would add more than {MAX_INCLUDED} resources; use a smaller _count",
+            )
+        if not new or not iterating:
+            break
+        frontier = new
+    return out
+
+
+def match_ids(db: Queryable, resource_type: str, query: list[tuple[str, str]], limit: int = 2) -> list[tuple[str, int]]:
+    """``(res_id, version)`` of up to ``limit`` matches, for conditional create/update/delete.
+
+    Always strict: ignoring an unknown parameter would widen the match and
+    update or delete the wrong resources.
+    """
+    q = parse_query(resource_type, query)
+    _reject_unknown(q)
+    rows = _run(db, c.ids_select(q, c.where(q), limit))
+    return [(str(r[0]), int(r[1])) for r in rows]
+
+
+def count_matches(
+    db: Queryable, resource_type: str | None, query: list[tuple[str, str]], *, strict: bool = False
+) -> int:
+    """How many resources match (``_summary=count``)."""
+    return run_search(db, resource_type, query, strict=strict, count_only=True).total or 0

@@ -1,0 +1,426 @@
+"""A tiny typed SQL tree and one generator per dialect (after sqlglot).
+
+The search compiler builds these nodes and never concatenates SQL text itself;
+``render`` turns a tree into ``(sql, params)`` for 'sqlite' or 'postgresql'.
+Every value is a ``Param`` and becomes a ``?`` placeholder (the PostgreSQL
+store translates ``?`` itself). Table and column names only ever come from our
+own code (the schema), never from a request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+DIALECTS = ("sqlite", "postgresql")
+
+
+class Expr:
+    """Base of every SQL expression node."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Col(Expr):
+    """A column, optionally qualified by a table alias."""
+
+    name: str
+    table: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Param(Expr):
+    """A bound value: always a placeholder, never inlined."""
+
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Const(Expr):
+    """A constant truth value (an empty OR is false, an empty AND true)."""
+
+    value: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Cmp(Expr):
+    """A binary comparison."""
+
+    left: Expr
+    op: str
+    right: Expr
+
+    def __post_init__(self) -> None:
+        if self.op not in ("=", "<>", "<", "<=", ">", ">="):
+            raise ValueError(f"unsupported operator {self.op!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Unindexed(Expr):
+    """A column the planner should not drive the query with.
+
+    SQLite's planner has no statistics and prefers ``resources(res_type)`` over
+    a selective ``rid IN (sub-select)``, scanning every resource of the type;
+    ``+col`` (a no-op) makes it drive from the index tables instead.
+    PostgreSQL plans by cost, so the column is rendered plainly.
+    """
+
+    column: Col
+
+
+@dataclass(frozen=True, slots=True)
+class Add(Expr):
+    """``(left + right)``, for the midpoint of a stored number range."""
+
+    left: Expr
+    right: Expr
+
+
+@dataclass(frozen=True, slots=True)
+class And(Expr):
+    """Conjunction (true when empty)."""
+
+    items: tuple[Expr, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Or(Expr):
+    """Disjunction (false when empty)."""
+
+    items: tuple[Expr, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Not(Expr):
+    """Negation."""
+
+    item: Expr
+
+
+@dataclass(frozen=True, slots=True)
+class IsNull(Expr):
+    """``x IS NULL`` (or ``IS NOT NULL`` when negated)."""
+
+    item: Expr
+    negated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InList(Expr):
+    """``x IN (v1, v2, ...)``; false when the list is empty."""
+
+    left: Expr
+    values: tuple[Expr, ...]
+    negated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InQuery(Expr):
+    """``x IN (SELECT ...)`` (a semi-join both engines plan well)."""
+
+    left: Expr
+    query: Select
+    negated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Exists(Expr):
+    """``EXISTS (SELECT ...)``."""
+
+    query: Select
+
+
+@dataclass(frozen=True, slots=True)
+class Like(Expr):
+    """``x LIKE pattern ESCAPE '\\'``; build patterns with ``like_escape``."""
+
+    left: Expr
+    pattern: Expr
+
+
+@dataclass(frozen=True, slots=True)
+class StartsWith(Expr):
+    """``x`` starts with the text ``prefix``, as a btree-friendly range ``x >= p AND x < succ(p)``.
+
+    SQLite compares text by code point (BINARY), so the range alone is exact; on
+    PostgreSQL the database collation decides the order, so a ``LIKE 'p%'`` guard
+    is added that keeps the result exact under any collation.
+    """
+
+    left: Expr
+    prefix: str
+
+
+@dataclass(frozen=True, slots=True)
+class Func(Expr):
+    """A function call from a small portable set."""
+
+    name: str
+    args: tuple[Expr, ...]
+
+    def __post_init__(self) -> None:
+        if self.name not in ("COUNT", "MIN", "MAX", "LOWER"):
+            raise ValueError(f"unsupported function {self.name!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Star(Expr):
+    """``*`` inside ``COUNT(*)``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scalar(Expr):
+    """A scalar subquery used as a value (sort keys)."""
+
+    query: Select
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A table reference with an alias."""
+
+    name: str
+    alias: str
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """An inner join."""
+
+    table: Table
+    on: Expr
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """An ORDER BY key; missing values always sort last, in both dialects."""
+
+    expr: Expr
+    descending: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Select:
+    """A SELECT statement."""
+
+    columns: tuple[Expr, ...]
+    table: Table
+    joins: tuple[Join, ...] = ()
+    where: Expr | None = None
+    order_by: tuple[Order, ...] = ()
+    limit: int | None = None
+    offset: int | None = None
+    distinct: bool = False
+
+
+def and_(*items: Expr) -> Expr:
+    """A conjunction, flattened; a single item is returned as is."""
+    flat: list[Expr] = []
+    for i in items:
+        if isinstance(i, And):
+            flat.extend(i.items)
+        elif not (isinstance(i, Const) and i.value):
+            flat.append(i)
+    return flat[0] if len(flat) == 1 else And(tuple(flat))
+
+
+def or_(*items: Expr) -> Expr:
+    """A disjunction, flattened; a single item is returned as is."""
+    flat: list[Expr] = []
+    for i in items:
+        if isinstance(i, Or):
+            flat.extend(i.items)
+        else:
+            flat.append(i)
+    return flat[0] if len(flat) == 1 else Or(tuple(flat))
+
+
+def eq(column: str, value: Any, table: str | None = None) -> Cmp:
+    """``table.column = ?``."""
+    return Cmp(Col(column, table), "=", Param(value))
+
+
+def like_escape(text: str) -> str:
+    """Escape LIKE wildcards so ``text`` matches literally (with ``ESCAPE '\\'``)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def successor(prefix: str) -> str:
+    """The smallest string greater than every string starting with ``prefix`` (code point order)."""
+    # drop trailing max code points: nothing can follow them at that position
+    p = prefix.rstrip("\U0010ffff")
+    if not p:
+        return "\U0010ffff" * (len(prefix) + 1)
+    return p[:-1] + chr(ord(p[-1]) + 1)
+
+
+@dataclass
+class _Out:
+    parts: list[str] = field(default_factory=list)
+    params: list[Any] = field(default_factory=list)
+
+
+class Generator:
+    """Renders a tree for one dialect; subclasses override what differs."""
+
+    dialect = "sqlite"
+
+    def render(self, node: Select | Expr) -> tuple[str, list[Any]]:
+        """The SQL text with ``?`` placeholders and its parameters in order."""
+        out = _Out()
+        if isinstance(node, Select):
+            self._select(node, out)
+        else:
+            self._expr(node, out)
+        return "".join(out.parts), out.params
+
+    def _select(self, s: Select, out: _Out) -> None:
+        w = out.parts.append
+        w("SELECT DISTINCT " if s.distinct else "SELECT ")
+        for i, c in enumerate(s.columns):
+            if i:
+                w(", ")
+            self._expr(c, out)
+        w(f" FROM {s.table.name} {s.table.alias}")
+        for j in s.joins:
+            w(f" JOIN {j.table.name} {j.table.alias} ON ")
+            self._expr(j.on, out)
+        if s.where is not None:
+            w(" WHERE ")
+            self._expr(s.where, out)
+        if s.order_by:
+            w(" ORDER BY ")
+            for i, o in enumerate(s.order_by):
+                if i:
+                    w(", ")
+                self._order(o, out)
+        if s.limit is not None:
+            w(" LIMIT ?")
+            out.params.append(s.limit)
+        if s.offset:
+            if s.limit is None:
+                w(" LIMIT -1" if self.dialect == "sqlite" else " LIMIT ALL")
+            w(" OFFSET ?")
+            out.params.append(s.offset)
+
+    def _order(self, o: Order, out: _Out) -> None:
+        self._expr(o.expr, out)
+        # NULLS LAST is spelled the same in SQLite >= 3.30 and PostgreSQL
+        out.parts.append(" DESC NULLS LAST" if o.descending else " ASC NULLS LAST")
+
+    def _expr(self, e: Expr, out: _Out) -> None:
+        w = out.parts.append
+        if isinstance(e, Col):
+            w(f"{e.table}.{e.name}" if e.table else e.name)
+        elif isinstance(e, Unindexed):
+            if self.dialect == "sqlite":
+                w("+")
+            self._expr(e.column, out)
+        elif isinstance(e, Param):
+            w("?")
+            out.params.append(e.value)
+        elif isinstance(e, Const):
+            w("1 = 1" if e.value else "1 = 0")
+        elif isinstance(e, Cmp):
+            self._expr(e.left, out)
+            w(f" {e.op} ")
+            self._expr(e.right, out)
+        elif isinstance(e, Add):
+            w("(")
+            self._expr(e.left, out)
+            w(" + ")
+            self._expr(e.right, out)
+            w(")")
+        elif isinstance(e, And | Or):
+            if not e.items:
+                w("1 = 1" if isinstance(e, And) else "1 = 0")
+                return
+            sep = " AND " if isinstance(e, And) else " OR "
+            w("(")
+            for i, item in enumerate(e.items):
+                if i:
+                    w(sep)
+                self._expr(item, out)
+            w(")")
+        elif isinstance(e, Not):
+            w("NOT (")
+            self._expr(e.item, out)
+            w(")")
+        elif isinstance(e, IsNull):
+            self._expr(e.item, out)
+            w(" IS NOT NULL" if e.negated else " IS NULL")
+        elif isinstance(e, InList):
+            if not e.values:
+                w("1 = 1" if e.negated else "1 = 0")
+                return
+            self._expr(e.left, out)
+            w(" NOT IN (" if e.negated else " IN (")
+            for i, v in enumerate(e.values):
+                if i:
+                    w(", ")
+                self._expr(v, out)
+            w(")")
+        elif isinstance(e, InQuery):
+            self._expr(e.left, out)
+            w(" NOT IN (" if e.negated else " IN (")
+            self._select(e.query, out)
+            w(")")
+        elif isinstance(e, Exists):
+            w("EXISTS (")
+            self._select(e.query, out)
+            w(")")
+        elif isinstance(e, Scalar):
+            w("(")
+            self._select(e.query, out)
+            w(")")
+        elif isinstance(e, Like):
+            self._expr(e.left, out)
+            w(" LIKE ")
+            self._expr(e.pattern, out)
+            w(" ESCAPE '\\'")
+        elif isinstance(e, StartsWith):
+            self._starts_with(e, out)
+        elif isinstance(e, Func):
+            w(f"{e.name}(")
+            for i, a in enumerate(e.args):
+                if i:
+                    w(", ")
+                self._expr(a, out)
+            w(")")
+        elif isinstance(e, Star):
+            w("*")
+        else:  # pragma: no cover - a new node without a renderer is a programming error
+            raise TypeError(f"cannot render {type(e).__name__}")
+
+    def _starts_with(self, e: StartsWith, out: _Out) -> None:
+        self._expr(and_(Cmp(e.left, ">=", Param(e.prefix)), Cmp(e.left, "<", Param(successor(e.prefix)))), out)
+
+
+class PostgresGenerator(Generator):
+    """PostgreSQL: the same SQL except where the collation matters."""
+
+    dialect = "postgresql"
+
+    def _starts_with(self, e: StartsWith, out: _Out) -> None:
+        # the range keeps the btree index usable; LIKE makes it exact under non-C collations
+        self._expr(
+            and_(
+                Cmp(e.left, ">=", Param(e.prefix)),
+                Cmp(e.left, "<", Param(successor(e.prefix))),
+                Like(e.left, Param(like_escape(e.prefix) + "%")),
+            ),
+            out,
+        )
+
+
+_GENERATORS: dict[str, Generator] = {"sqlite": Generator(), "postgresql": PostgresGenerator()}
+
+
+def render(node: Select | Expr, dialect: str) -> tuple[str, list[Any]]:
+    """Render ``node`` for ``dialect`` ('sqlite' or 'postgresql')."""
+    try:
+        gen = _GENERATORS[dialect]
+    except KeyError:
+        raise ValueError(f"unknown SQL dialect {dialect!r}; expected one of {DIALECTS}") from None
+    return gen.render(node)
