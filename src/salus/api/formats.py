@@ -6,8 +6,8 @@ them with ``orjson.Fragment`` so nothing is parsed and re-serialised on the way 
 
 from __future__ import annotations
 
-from email.utils import format_datetime, parsedate_to_datetime
 from datetime import UTC, datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
 import orjson
