@@ -44,3 +44,19 @@ def test_bulk_100_imports_completely_and_reads_back_equal(service) -> None:  # t
     patient_id = service.store.query("SELECT res_id FROM resources WHERE res_type = 'Patient' ORDER BY rid LIMIT 1")[0][0]
     found = service.search("Observation", [("subject", f"Patient/{patient_id}")], count=1000)
     assert found.entries and all(orjson.loads(b)["subject"]["reference"] == f"Patient/{patient_id}" for _, _, b in found.entries)
+
+
+def test_bulk_load_handles_repeats_and_existing_resources(service) -> None:  # type: ignore[no-untyped-def]
+    service.load([{"resourceType": "Patient", "id": "a", "gender": "male"}])
+    service.load([
+        {"resourceType": "Patient", "id": "a", "gender": "female"},  # exists: becomes version 2
+        {"resourceType": "Patient", "id": "b", "gender": "male"},  # new: bulk path
+        {"resourceType": "Patient", "id": "b", "gender": "other"},  # repeat in the batch: version 2
+    ])
+    assert service.read("Patient", "a").version == 2
+    b = service.read("Patient", "b")
+    assert b.version == 2 and orjson.loads(b.body)["gender"] == "other"
+    assert [rid for _, rid, _ in service.search("Patient", [("gender", "other")]).entries] == ["b"]
+    assert service.search("Patient", [("gender", "male")]).entries == []
+    versions, total = service.history("Patient", "b")
+    assert total == 2 and [v.version for v in versions] == [2, 1]

@@ -24,12 +24,12 @@ from salus.config import Settings
 from salus.events import EventBus, ResourceChanged
 from salus.fhir.definitions import is_resource_type
 from salus.fhir.outcome import FhirError, Issue
-from salus.fhir.refs import is_valid_id, local_targets
+from salus.fhir.refs import is_valid_id, targets_in_json
 from salus.fhir.validate import validate_or_raise
 from salus.search.engine import SearchResult, match_ids, run_search
 from salus.search.indexing import index_rows
 from salus.store import Store, StoredVersion, Transaction
-from salus.store.base import IndexRows
+from salus.store.base import IndexRows, NewResource
 
 T = TypeVar("T")
 
@@ -214,11 +214,12 @@ class FhirService:
         validate_or_raise(resource, res_type)
         return resource
 
-    def check_references(self, tx: Transaction, res_type: str, res_id: str, resource: dict[str, Any]) -> None:
+    def check_references(self, tx: Transaction, res_type: str, res_id: str, targets: set[tuple[str, str]]) -> None:
+        """422 listing every local reference whose target does not exist (or is deleted)."""
         if not self.settings.referential_integrity:
             return
         missing = []
-        for t, i in sorted(local_targets(resource)):
+        for t, i in sorted(targets):
             if (t, i) == (res_type, res_id):
                 continue
             rows = tx.query("SELECT deleted FROM resources WHERE res_type = ? AND res_id = ?", (t, i))
@@ -237,32 +238,41 @@ class FhirService:
         """Write the next version of ``res_type/res_id`` (a deletion when ``resource`` is None)."""
         current = tx.current(res_type, res_id)
         version = (current.version + 1) if current else 1
-        ts = self.now()
-        stamp = db_instant(ts)
+        stamp = db_instant(self.now())
         body: str | None = None
         rows: IndexRows | None = None
         if resource is not None:
+            body, rows, targets = self._render(res_type, res_id, version, stamp, resource, index=index)
             if check_refs:
-                self.check_references(tx, res_type, res_id, resource)
-            meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
-            final: dict[str, Any] = {
-                "resourceType": res_type,
-                "id": res_id,
-                "meta": {"versionId": str(version), "lastUpdated": fhir_instant(stamp), **meta},
-            }
-            for k, v in resource.items():
-                if k not in final:
-                    final[k] = v
-            body = orjson.dumps(final).decode()
-            if index:
-                rows = index_rows(final)
-                rows["refs"] = [("", 0, t, i) for t, i in local_targets(final)]
+                self.check_references(tx, res_type, res_id, targets)
         tx.write_version(res_type, res_id, version, stamp, method, body, rows, current)
-        stored = StoredVersion(res_type, res_id, version, stamp, method, body)
+        self._changed(res_type, res_id, version, method, body)
+        return StoredVersion(res_type, res_id, version, stamp, method, body)
+
+    @staticmethod
+    def _render(
+        res_type: str, res_id: str, version: int, stamp: str, resource: dict[str, Any], *, index: bool = True,
+    ) -> tuple[str, IndexRows, set[tuple[str, str]]]:
+        """The stored JSON text of a version (id and meta set by the server), its index rows and local targets."""
+        meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+        final: dict[str, Any] = {
+            "resourceType": res_type,
+            "id": res_id,
+            "meta": {"versionId": str(version), "lastUpdated": fhir_instant(stamp), **meta},
+        }
+        for k, v in resource.items():
+            if k not in final:
+                final[k] = v
+        body = orjson.dumps(final).decode()
+        targets = targets_in_json(body)
+        rows: IndexRows = index_rows(final) if index else {}
+        rows["refs"] = [("", 0, t, i) for t, i in targets]
+        return body, rows, targets
+
+    def _changed(self, res_type: str, res_id: str, version: int, method: str, body: str | None) -> None:
         pending = getattr(self._pending, "events", None)
         if pending is not None:
             pending.append(ResourceChanged(res_type, res_id, version, method, body))
-        return stored
 
     def _lock_and_match(self, tx: Transaction, res_type: str, query: str) -> list[tuple[str, int]]:
         pairs = canonical_query(query)
@@ -433,8 +443,28 @@ class FhirService:
             if validate:
                 validate_or_raise(r, res_type)
         with self.transaction() as tx:
+            found = tx.existing(list({(r["resourceType"], r["id"]) for r in resources}))
+            fresh: list[NewResource] = []
+            seen: set[tuple[str, str]] = set()
             for r in resources:
-                self._write(tx, r["resourceType"], r["id"], r, "PUT", check_refs=False)
+                key = (r["resourceType"], r["id"])
+                if key in found or key in seen:
+                    continue
+                seen.add(key)
+                stamp = db_instant(self.now())
+                body, rows, _ = self._render(key[0], key[1], 1, stamp, r)
+                fresh.append(NewResource(key[0], key[1], stamp, "PUT", body, rows))
+            # new resources go in bulk (COPY on PostgreSQL); updates and repeats take the ordinary path
+            tx.insert_new(fresh)
+            for item in fresh:
+                self._changed(item.res_type, item.res_id, 1, "PUT", item.body)
+            firsts = {(f.res_type, f.res_id) for f in fresh}
+            for r in resources:
+                key = (r["resourceType"], r["id"])
+                if key in firsts:
+                    firsts.discard(key)  # its first occurrence was inserted above
+                    continue
+                self._write(tx, key[0], key[1], r, "PUT", check_refs=False)
 
 
 def apply_json_patch(document: Any, patch: Any) -> Any:

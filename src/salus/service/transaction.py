@@ -20,7 +20,7 @@ import orjson
 
 from salus.fhir.definitions import is_resource_type
 from salus.fhir.outcome import FhirError, Issue
-from salus.fhir.refs import rewrite_references
+from salus.fhir.refs import rewrite_references, targets_in_json
 from salus.service import FhirService, WriteResult, fhir_instant
 from salus.store import StoredVersion, Transaction
 
@@ -116,7 +116,7 @@ def _transaction(service: FhirService, raw_entries: list[Any], base_url: str) ->
         for e in entries:
             if isinstance(e.resource, dict):
                 _resolve_references(service, tx, e, mapping)
-        written: list[tuple[str, str, dict[str, Any]]] = []
+        written: list[tuple[str, str, str]] = []
         for e in sorted(entries, key=lambda e: (ORDER[e.method], e.index)):
             try:
                 results[e.index] = _execute(service, tx, e, base_url, check_refs=False)
@@ -125,10 +125,10 @@ def _transaction(service: FhirService, raw_entries: list[Any], base_url: str) ->
             if e.method in ("POST", "PUT", "PATCH") and "_stored" in e.extra:
                 v: StoredVersion = e.extra["_stored"]
                 if v.body is not None:
-                    written.append((v.res_type, v.res_id, orjson.loads(v.body)))
+                    written.append((v.res_type, v.res_id, v.body))
         for t, i, body in written:
             try:
-                service.check_references(tx, t, i, body)
+                service.check_references(tx, t, i, targets_in_json(body))
             except FhirError as err:
                 raise FhirError(err.status, [Issue(x.code, f"{t}/{i}: {x.diagnostics}") for x in err.issues]) from err
     return {"resourceType": "Bundle", "type": "transaction-response", "entry": [results[i] for i in range(len(entries))]}

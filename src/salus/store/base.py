@@ -46,6 +46,18 @@ class StoredVersion:
 
 IndexRows = dict[str, list[tuple[Any, ...]]]
 
+
+@dataclass(frozen=True)
+class NewResource:
+    """A first version of a resource that does not exist yet, ready to bulk-insert."""
+
+    res_type: str
+    res_id: str
+    last_updated: str
+    method: str
+    body: str
+    index: IndexRows
+
 VERSION_COLUMNS = "v.res_type, v.res_id, v.version, v.last_updated, v.method, v.body, v.seq"
 
 
@@ -80,6 +92,14 @@ class Transaction(Queryable, Protocol):
         body: str | None, index: IndexRows | None, current: Current | None,
     ) -> int:
         """Write a new version, make it current and replace the resource's index rows; return its rid."""
+        ...
+
+    def existing(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Current]:
+        """The current rows of those ``(type, id)`` that exist (deleted or not)."""
+        ...
+
+    def insert_new(self, items: list[NewResource]) -> None:
+        """Bulk-insert resources known not to exist (version 1 each), with their index rows."""
         ...
 
 

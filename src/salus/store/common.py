@@ -6,7 +6,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from salus.store import base
-from salus.store.base import Current, IndexRows, StoredVersion, version_from_row
+from salus.store.base import Current, IndexRows, NewResource, StoredVersion, version_from_row
+from salus.store.schema import INDEX_TABLES, index_columns
 
 
 class CursorOps:
@@ -48,6 +49,47 @@ class CursorOps:
             for sql, rows in base.index_params(rid, res_type, index):
                 self._executemany(sql, rows)
         return rid
+
+    def existing(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Current]:
+        """The current rows of those ``(type, id)`` that exist, in chunks of 400 keys."""
+        out: dict[tuple[str, str], Current] = {}
+        for start in range(0, len(keys), 400):
+            chunk = keys[start:start + 400]
+            values = ", ".join(["(?, ?)"] * len(chunk))
+            rows = self._execute(
+                f"SELECT res_type, res_id, rid, version, last_updated, deleted FROM resources "
+                f"WHERE (res_type, res_id) IN (VALUES {values})",
+                [v for key in chunk for v in key],
+            ).fetchall()
+            for r in rows:
+                out[(r[0], r[1])] = Current(int(r[2]), int(r[3]), r[4], bool(r[5]))
+        return out
+
+    def _allocate_rids(self, n: int) -> list[int]:
+        raise NotImplementedError
+
+    def _bulk(self, table: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
+        """Insert many rows into one table (executemany here; COPY on PostgreSQL)."""
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        self._executemany(sql, rows)
+
+    def insert_new(self, items: list[NewResource]) -> None:
+        """Bulk-insert first versions: one statement (or COPY) per table for the whole batch."""
+        if not items:
+            return
+        rids = self._allocate_rids(len(items))
+        self._bulk("resources", ["rid", "res_type", "res_id", "version", "last_updated", "deleted"],
+                   [(rid, it.res_type, it.res_id, 1, it.last_updated, False) for rid, it in zip(rids, items, strict=True)])
+        self._bulk("resource_versions", ["rid", "version", "res_type", "res_id", "last_updated", "method", "body"],
+                   [(rid, 1, it.res_type, it.res_id, it.last_updated, it.method, it.body)
+                    for rid, it in zip(rids, items, strict=True)])
+        per_table: dict[str, list[tuple[Any, ...]]] = {t: [] for t in INDEX_TABLES}
+        for rid, it in zip(rids, items, strict=True):
+            for table, rows in it.index.items():
+                per_table[table].extend((rid, it.res_type, *row) for row in rows)
+        for table, rows in per_table.items():
+            if rows:
+                self._bulk(table, index_columns(table), rows)
 
     def read(self, res_type: str, res_id: str) -> StoredVersion | None:
         """The current version of a resource (tombstone if deleted), or None."""

@@ -56,6 +56,16 @@ class PostgresTransaction(_PgOps):
         """A transaction-scoped advisory lock on a hash of ``key``."""
         self.conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
 
+    def _allocate_rids(self, n: int) -> list[int]:
+        rows = self.conn.execute("SELECT nextval('resources_rid_seq') FROM generate_series(1, %s)", (n,)).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def _bulk(self, table: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
+        """COPY: the bulk path PostgreSQL is fastest at (the design notes measured it)."""
+        with self.conn.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
 
 class PostgresStore:
     """The PostgreSQL store; safe to share between threads (each call borrows a pooled connection)."""

@@ -44,6 +44,11 @@ class SqliteTransaction(_SqliteOps):
     def lock(self, key: str) -> None:
         """Nothing to do: SQLite has one writer at a time."""
 
+    def _allocate_rids(self, n: int) -> list[int]:
+        # BEGIN IMMEDIATE makes this connection the only writer, so MAX(rid) cannot move under us
+        top = int(self._execute("SELECT COALESCE(MAX(rid), 0) FROM resources").fetchone()[0])
+        return list(range(top + 1, top + 1 + n))
+
 
 class SqliteStore:
     """The SQLite store, safe to share between threads."""
