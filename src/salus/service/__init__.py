@@ -233,16 +233,15 @@ class FhirService:
 
     def _write(
         self, tx: Transaction, res_type: str, res_id: str, resource: dict[str, Any] | None, method: str,
-        *, check_refs: bool = True, index: bool = True,
+        *, check_refs: bool = True, rows: IndexRows | None = None,
     ) -> StoredVersion:
         """Write the next version of ``res_type/res_id`` (a deletion when ``resource`` is None)."""
         current = tx.current(res_type, res_id)
         version = (current.version + 1) if current else 1
         stamp = db_instant(self.now())
         body: str | None = None
-        rows: IndexRows | None = None
         if resource is not None:
-            body, rows, targets = self._render(res_type, res_id, version, stamp, resource, index=index)
+            body, rows, targets = self._render(res_type, res_id, version, stamp, resource, rows=rows)
             if check_refs:
                 self.check_references(tx, res_type, res_id, targets)
         tx.write_version(res_type, res_id, version, stamp, method, body, rows, current)
@@ -251,9 +250,15 @@ class FhirService:
 
     @staticmethod
     def _render(
-        res_type: str, res_id: str, version: int, stamp: str, resource: dict[str, Any], *, index: bool = True,
+        res_type: str, res_id: str, version: int, stamp: str, resource: dict[str, Any], *,
+        rows: IndexRows | None = None,
     ) -> tuple[str, IndexRows, set[tuple[str, str]]]:
-        """The stored JSON text of a version (id and meta set by the server), its index rows and local targets."""
+        """The stored JSON text of a version (id and meta set by the server), its index rows and local targets.
+
+        Index rows do not depend on the id, version or lastUpdated (``_id`` and ``_lastUpdated``
+        are answered from the resources table), so callers may extract them before taking the
+        write lock and pass them in.
+        """
         meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
         final: dict[str, Any] = {
             "resourceType": res_type,
@@ -265,7 +270,7 @@ class FhirService:
                 final[k] = v
         body = orjson.dumps(final).decode()
         targets = targets_in_json(body)
-        rows: IndexRows = index_rows(final) if index else {}
+        rows = dict(rows) if rows is not None else index_rows(final)
         rows["refs"] = [("", 0, t, i) for t, i in targets]
         return body, rows, targets
 
@@ -288,6 +293,7 @@ class FhirService:
         """Create with a server-assigned id; with ``If-None-Exist``, return the match instead (200), 412 if several."""
         self.check_type(res_type)
         resource = self._prepare(res_type, resource)
+        rows = index_rows(resource)  # outside the write lock: it is the costly part of a write
 
         def work(t: Transaction) -> WriteResult:
             if if_none_exist:
@@ -302,7 +308,8 @@ class FhirService:
                     )[0]
                     return WriteResult(200, StoredVersion(res_type, matches[0][0], int(existing[1]), existing[2], "POST", existing[0]))
             new_id = res_id or str(uuid.uuid4())
-            return WriteResult(201, self._write(t, res_type, new_id, resource, "POST", check_refs=check_refs), created=True)
+            written = self._write(t, res_type, new_id, resource, "POST", check_refs=check_refs, rows=rows)
+            return WriteResult(201, written, created=True)
 
         return self._run(tx, work)
 
@@ -314,12 +321,13 @@ class FhirService:
         self.check_type(res_type)
         self.check_id(res_id)
         resource = self._prepare(res_type, resource, url_id=res_id)
+        rows = index_rows(resource)
 
         def work(t: Transaction) -> WriteResult:
             current = t.current(res_type, res_id)
             check_if_match(if_match, current.version if current and not current.deleted else None, f"{res_type}/{res_id}")
             created = current is None or current.deleted
-            written = self._write(t, res_type, res_id, resource, method, check_refs=check_refs)
+            written = self._write(t, res_type, res_id, resource, method, check_refs=check_refs, rows=rows)
             return WriteResult(201 if created else 200, written, created=created)
 
         return self._run(tx, work)

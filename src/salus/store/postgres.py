@@ -52,6 +52,11 @@ class PostgresTransaction(_PgOps):
         """The current row, locked until commit so concurrent writers of the resource queue."""
         return self._current(res_type, res_id, " FOR UPDATE" if for_update else "")
 
+    def write_version(self, *args: Any, **kwargs: Any) -> int:
+        """The shared write, pipelined: its dozen statements cost one or two round trips, not twelve."""
+        with self.conn.pipeline():
+            return super().write_version(*args, **kwargs)
+
     def lock(self, key: str) -> None:
         """A transaction-scoped advisory lock on a hash of ``key``."""
         self.conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
@@ -74,7 +79,11 @@ class PostgresStore:
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
-        self.pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=True, kwargs={"autocommit": True})
+        # open every connection up front: growing the pool under load stalls requests for the connect
+        self.pool = ConnectionPool(
+            url, min_size=pool_size, max_size=pool_size, open=True, kwargs={"autocommit": True}
+        )
+        self.pool.wait(timeout=30)
         self.migrate()
 
     def migrate(self) -> None:
