@@ -106,6 +106,21 @@ def build_types(sds: list[dict]) -> dict[str, dict]:
     return types
 
 
+def summary_elements(sds: list[dict]) -> dict[str, list[str]]:
+    """Top-level elements each resource type marks ``isSummary`` (what ``_summary=true`` keeps)."""
+    out = {}
+    for sd in sds:
+        if sd["kind"] != "resource":
+            continue
+        names = []
+        for el in sd["snapshot"]["element"][1:]:
+            parts = el["path"].split(".")
+            if len(parts) == 2 and el.get("isSummary"):
+                names.append(parts[1])
+        out[sd["type"]] = sorted(names)
+    return out
+
+
 def primitive_regexes(sds: list[dict]) -> dict[str, str]:
     """The regex the spec gives each primitive type's value."""
     out = {}
@@ -248,6 +263,7 @@ def main() -> None:
         "primitiveTypes": sorted(s["type"] for s in sds if s["kind"] == "primitive-type"),
         "primitiveRegex": primitive_regexes(sds),
         "types": types,
+        "summaryElements": summary_elements(sds),
         "valueSets": expand_valuesets(wanted, valuesets, codesystems),
         "searchParameters": build_search_parameters(sps, set(resource_types)),
         "compartments": compartments,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -16,6 +17,7 @@ from starlette.responses import Response
 from salus.api import formats
 from salus.api.formats import FHIR_JSON, dumps, negotiate, prefer, read_json_body, resource_response
 from salus.fhir.outcome import FhirError, Issue, operation_outcome
+from salus.fhir.subset import check_summary, subset, wants_subset
 from salus.fhir.validate import validate
 from salus.search.engine import SearchResult
 from salus.service import FhirService, WriteResult
@@ -111,14 +113,24 @@ class RestApi:
             # HTTP dates have whole seconds: compare at that precision
             if since is not None and formats.modified_at(v.last_updated) <= since:
                 return Response(status_code=304, headers={"ETag": formats.etag(v.version)})
-        return resource_response(request, v, media=media)
+        return resource_response(request, self.subset_read(request, v), media=media)
+
+    @staticmethod
+    def subset_read(request: Request, v: StoredVersion) -> StoredVersion:
+        """The version cut down by ``_summary``/``_elements`` on a read, if asked for."""
+        summary = check_summary(request.query_params.get("_summary"))
+        raw = request.query_params.get("_elements")
+        elements = raw.split(",") if raw else None
+        if not wants_subset(summary, elements) or v.body is None:
+            return v
+        return replace(v, body=orjson.dumps(subset(orjson.loads(v.body), summary, elements)).decode())
 
     async def vread(self, request: Request) -> Response:
         """GET [type]/[id]/_history/[vid]."""
         media = negotiate(request)
         p = request.path_params
         v = await self.point_read(self.service.vread, p["type"], p["id"], p["vid"])
-        return resource_response(request, v, media=media)
+        return resource_response(request, self.subset_read(request, v), media=media)
 
     async def update(self, request: Request) -> Response:
         """PUT [type]/[id]: update, or create with the client's id."""
@@ -276,8 +288,11 @@ class RestApi:
             links.append(link("next", offset + page))
         if offset > 0:
             links.append(link("previous", max(0, offset - page)))
+        cut = wants_subset(result.summary, result.elements)
         entries: list[dict[str, Any]] = [
-            {"fullUrl": f"{base}/{rt}/{rid}", "resource": orjson.Fragment(body), "search": {"mode": "match"}}
+            {"fullUrl": f"{base}/{rt}/{rid}",
+             "resource": subset(orjson.loads(body), result.summary, result.elements) if cut else orjson.Fragment(body),
+             "search": {"mode": "match"}}
             for rt, rid, body in result.entries
         ]
         entries += [
