@@ -6,6 +6,7 @@ and docs/cli.md.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -146,12 +147,10 @@ def import_(
     service = _service(settings)
     start = time.perf_counter()
     with _progress() as progress:
-        task = progress.add_task("import", total=None)
-        report = None
-        for f in files:
-            progress.update(task, description=f"import {f.name}")
-            report = import_resources(service, read_file(f), progress=lambda n: progress.advance(task, n), report=report)
-    assert report is not None
+        task = progress.add_task(f"import ({len(files)} files)", total=None)
+        # one import over all files, so references between files resolve whatever their order
+        items = itertools.chain.from_iterable(read_file(f) for f in files)
+        report = import_resources(service, items, progress=lambda n: progress.advance(task, n))
     _print_report(report, time.perf_counter() - start)
     if report.rejected:
         raise typer.Exit(1)

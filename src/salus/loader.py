@@ -12,10 +12,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 
+from salus.fhir.definitions import is_resource_type
 from salus.fhir.outcome import FhirError
+from salus.fhir.refs import iter_reference_holders, rewrite_references
 from salus.fhir.validate import validate
 from salus.service import FhirService
 from salus.service.transaction import process_bundle
@@ -69,59 +72,121 @@ def read_file(path: Path) -> Iterator[tuple[str, Any]]:
                 yield path.name, exc
 
 
-def import_resources(
-    service: FhirService, items: Iterable[tuple[str, Any]], *, batch_size: int = 500,
-    progress: Callable[[int], None] | None = None, report: ImportReport | None = None,
-) -> ImportReport:
-    """Validate and load resources in batches; Bundles of type batch/transaction run as such."""
-    report = report or ImportReport()
-    batch: list[dict[str, Any]] = []
+def has_conditional_reference(resource: Any) -> bool:
+    """Whether a resource points at others by search (``Practitioner?identifier=...``), as bulk exports do."""
+    return any("?" in h["reference"] for h in iter_reference_holders(resource, skip_contained=False))
 
-    def flush() -> None:
+
+def resolve_conditional_references(service: FhirService, resource: dict[str, Any]) -> None:
+    """Rewrite each ``Type?query`` reference to the single resource it matches; 422 otherwise."""
+
+    def resolve(ref: str) -> str | None:
+        head, sep, query = ref.partition("?")
+        if not sep or "/" in head:
+            return None
+        if not is_resource_type(head):
+            raise FhirError.of(422, "processing", f"conditional reference {ref!r} names an unknown resource type")
+        matches = service.search(head, parse_qsl(query, keep_blank_values=True), count=2).entries
+        if len(matches) != 1:
+            raise FhirError.of(422, "processing", f"conditional reference {ref!r} matches {len(matches)} resources")
+        return f"{head}/{matches[0][1]}"
+
+    rewrite_references(resource, resolve)
+
+
+class _Importer:
+    """One import: batches, Bundles, and resources whose conditional references wait for their targets."""
+
+    def __init__(self, service: FhirService, batch_size: int, progress: Callable[[int], None] | None,
+                 report: ImportReport) -> None:
+        self.service = service
+        self.batch_size = batch_size
+        self.progress = progress
+        self.report = report
+        self.batch: list[dict[str, Any]] = []
+        # bulk files come type by type: Encounter's "Practitioner?identifier=..." can only be
+        # resolved once the Practitioner file is in, so such resources are loaded last
+        self.deferred: list[tuple[str, dict[str, Any]]] = []
+
+    def flush(self) -> None:
+        batch, self.batch = self.batch, []
         if not batch:
             return
         try:
-            service.load(batch, validate=False)
-            report.loaded.update(r["resourceType"] for r in batch)
+            self.service.load(batch, validate=False)
+            self.report.loaded.update(r["resourceType"] for r in batch)
         except FhirError:
             # one bad row must not cost the batch: retry one by one to name it
             for r in batch:
                 try:
-                    service.load([r], validate=False)
-                    report.loaded[r["resourceType"]] += 1
+                    self.service.load([r], validate=False)
+                    self.report.loaded[r["resourceType"]] += 1
                 except FhirError as err:
-                    report.rejected.append((f"{r['resourceType']}/{r.get('id')}", err.message))
-        if progress:
-            progress(len(batch))
-        batch.clear()
+                    self.report.rejected.append((f"{r['resourceType']}/{r.get('id')}", err.message))
+        if self.progress:
+            self.progress(len(batch))
 
-    for where, obj in items:
+    def reject(self, where: str, obj: Any, why: str) -> None:
+        rt = obj.get("resourceType") if isinstance(obj, dict) else None
+        self.report.rejected.append((f"{where} ({rt}/{obj.get('id')})" if rt else where, why))
+
+    def feed(self, where: str, obj: Any) -> None:
         if isinstance(obj, Exception):
-            report.rejected.append((where, f"not valid JSON: {obj}"))
-            continue
+            self.report.rejected.append((where, f"not valid JSON: {obj}"))
+            return
         if isinstance(obj, dict) and obj.get("resourceType") == "Bundle" and obj.get("type") in ("batch", "transaction"):
-            flush()
+            self.flush()
             try:
-                resp = process_bundle(service, obj, "")
+                resp = process_bundle(self.service, obj, "")
                 for e in resp.get("entry", []):
                     loc = e.get("response", {}).get("location", "")
                     if loc:
-                        report.loaded[loc.split("/")[0]] += 1
+                        self.report.loaded[loc.split("/")[0]] += 1
             except FhirError as err:
-                report.rejected.append((where, err.message))
-            continue
+                self.report.rejected.append((where, err.message))
+            return
         if isinstance(obj, dict) and obj.get("resourceType") == "Bundle" and obj.get("type") in ("collection", "searchset"):
-            inner = [(f"{where}#entry[{i}]", e.get("resource")) for i, e in enumerate(obj.get("entry", []))]
-            import_resources(service, inner, batch_size=batch_size, progress=progress, report=report)
-            continue
+            for i, e in enumerate(obj.get("entry", [])):
+                self.feed(f"{where}#entry[{i}]", e.get("resource") if isinstance(e, dict) else e)
+            return
+        if isinstance(obj, dict) and has_conditional_reference(obj):
+            self.deferred.append((where, obj))
+            return
+        self.add(where, obj)
+
+    def add(self, where: str, obj: Any) -> None:
         issues = validate(obj)
         if any(i.severity in ("error", "fatal") for i in issues):
-            rt = obj.get("resourceType") if isinstance(obj, dict) else None
-            label = f"{where} ({rt}/{obj.get('id')})" if rt else where
-            report.rejected.append((label, FhirError(400, issues).message))
-            continue
-        batch.append(obj)
-        if len(batch) >= batch_size:
-            flush()
-    flush()
-    return report
+            self.reject(where, obj, FhirError(400, issues).message)
+            return
+        self.batch.append(obj)
+        if len(self.batch) >= self.batch_size:
+            self.flush()
+
+    def finish(self) -> None:
+        self.flush()
+        for where, obj in self.deferred:
+            try:
+                resolve_conditional_references(self.service, obj)
+            except FhirError as err:
+                self.reject(where, obj, err.message)
+                continue
+            self.add(where, obj)
+        self.deferred.clear()
+        self.flush()
+
+
+def import_resources(
+    service: FhirService, items: Iterable[tuple[str, Any]], *, batch_size: int = 500,
+    progress: Callable[[int], None] | None = None, report: ImportReport | None = None,
+) -> ImportReport:
+    """Validate and load resources in batches; Bundles of type batch/transaction run as such.
+
+    Resources with conditional references are loaded after everything else, once their
+    targets can be found; each must match exactly one resource or it is rejected.
+    """
+    importer = _Importer(service, batch_size, progress, report or ImportReport())
+    for where, obj in items:
+        importer.feed(where, obj)
+    importer.finish()
+    return importer.report
