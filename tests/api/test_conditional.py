@@ -29,6 +29,10 @@ def test_if_none_exist_returns_the_existing_resource(client: TestClient) -> None
     assert second.json()["id"] == first.json()["id"]
     assert second.json()["name"][0]["family"] == "Doe"
     assert client.get("/fhir/Patient?identifier=123").json()["total"] == 1
+    # some clients put the type in front of the query: same meaning
+    third = client.post("/fhir/Patient", content=orjson.dumps(patient("123")),
+                        headers={"If-None-Exist": "Patient?identifier=http://hospital.example/mrn|123", **FHIR})
+    assert third.status_code == 200 and third.json()["id"] == first.json()["id"]
 
 
 def test_if_none_exist_with_several_matches_is_412(client: TestClient) -> None:

@@ -73,7 +73,8 @@ def parse_instant(value: str, what: str) -> str:
 
 def canonical_query(query: str) -> list[tuple[str, str]]:
     """A conditional operation's query string as ordered pairs."""
-    return parse_qsl(query.lstrip("?"), keep_blank_values=True)
+    # clients send both "identifier=x" (the spec's form) and "Patient?identifier=x"
+    return parse_qsl(query.split("?", 1)[-1], keep_blank_values=True)
 
 
 class FhirService:
