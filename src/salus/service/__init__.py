@@ -302,12 +302,7 @@ class FhirService:
                 if len(matches) > 1:
                     raise FhirError.of(412, "duplicate", f"If-None-Exist matched several {res_type} resources")
                 if matches:
-                    existing = t.query(
-                        "SELECT v.body, v.version, v.last_updated FROM resources r JOIN resource_versions v "
-                        "ON v.rid = r.rid AND v.version = r.version WHERE r.res_type = ? AND r.res_id = ?",
-                        (res_type, matches[0][0]),
-                    )[0]
-                    return WriteResult(200, StoredVersion(res_type, matches[0][0], int(existing[1]), existing[2], "POST", existing[0]))
+                    return WriteResult(200, t.read(res_type, matches[0][0]))
             new_id = res_id or str(uuid.uuid4())
             written = self._write(t, res_type, new_id, resource, "POST", check_refs=check_refs, rows=rows)
             return WriteResult(201, written, created=True)
@@ -376,10 +371,9 @@ class FhirService:
             if current.deleted:
                 raise FhirError.of(410, "deleted", f"Resource {res_type}/{res_id} was deleted")
             check_if_match(if_match, current.version, f"{res_type}/{res_id}")
-            body = t.query(
-                "SELECT body FROM resource_versions WHERE rid = ? AND version = ?", (current.rid, current.version)
-            )[0][0]
-            patched = apply_json_patch(orjson.loads(body), patch)
+            stored = t.read(res_type, res_id)
+            assert stored is not None and stored.body is not None
+            patched = apply_json_patch(orjson.loads(stored.body), patch)
             if not isinstance(patched, dict) or patched.get("id") != res_id or patched.get("resourceType") != res_type:
                 raise FhirError.of(422, "processing", "A patch may not change the resource's type or id")
             return self.update(res_type, res_id, patched, tx=t, method="PATCH", check_refs=check_refs)

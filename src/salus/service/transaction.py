@@ -205,7 +205,7 @@ def _execute(
         return {"response": {"status": "204 No Content"}} if result.version is None else _written(e, result)
     if e.method == "POST":
         if e.extra.get("exists") and tx is not None:
-            return _written(e, WriteResult(200, _read_in_tx(tx, e.res_type, e.target_id or "")))
+            return _written(e, WriteResult(200, tx.read(e.res_type, e.target_id or "")))
         if tx is None and e.if_none_exist:
             result = service.create(e.res_type, e.resource, if_none_exist=e.if_none_exist)
         else:
@@ -240,13 +240,6 @@ def _patch_document(e: Entry) -> Any:
     if isinstance(r, list):
         return r
     raise FhirError.of(400, "not-supported", f"Bundle.entry[{e.index}]: PATCH needs a Binary holding a JSON Patch")
-
-
-def _read_in_tx(tx: Transaction, res_type: str, res_id: str) -> StoredVersion:
-    row = tx.query(
-        "SELECT v.version, v.last_updated, v.body FROM resources r JOIN resource_versions v "
-        "ON v.rid = r.rid AND v.version = r.version WHERE r.res_type = ? AND r.res_id = ?", (res_type, res_id))[0]
-    return StoredVersion(res_type, res_id, int(row[0]), row[1], "POST", row[2])
 
 
 def _written(e: Entry, result: WriteResult) -> dict[str, Any]:

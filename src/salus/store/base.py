@@ -87,6 +87,10 @@ class Transaction(Queryable, Protocol):
         """Serialise writers that share ``key`` until commit (conditional create, unique checks)."""
         ...
 
+    def read(self, res_type: str, res_id: str) -> StoredVersion | None:
+        """The current version as this transaction sees it."""
+        ...
+
     def write_version(
         self, res_type: str, res_id: str, version: int, last_updated: str, method: str,
         body: str | None, index: IndexRows | None, current: Current | None,
