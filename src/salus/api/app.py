@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from salus.api.capability import capability_statement
 from salus.api.formats import FHIR_JSON, dumps, negotiate, outcome_response
+from salus.api.openapi import api_docs, openapi_endpoint
 from salus.api.rest import RestApi
 from salus.config import Settings
 from salus.fhir.outcome import FhirError
@@ -45,6 +46,8 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
         Route("/", root, methods=["GET"]),
         Route(f"{b}/metadata", metadata, methods=["GET"]),
         Route(f"{b}/metadata", not_allowed, methods=["POST", "PUT", "DELETE", "PATCH"]),
+        Route(f"{b}/openapi.json", openapi_endpoint(api.base_url), methods=["GET"]),
+        Route(f"{b}/api-docs", api_docs, methods=["GET"]),
         Route(f"{b}", api.bundle, methods=["POST"]),
         Route(f"{b}", api.search, methods=["GET"]),
         Route(f"{b}/", api.bundle, methods=["POST"]),
