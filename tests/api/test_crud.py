@@ -91,6 +91,13 @@ def test_if_match_must_name_the_current_version(client: TestClient) -> None:
     assert r.status_code == 200 and r.json()["meta"]["versionId"] == "2"
 
 
+def test_version_aware_delete(client: TestClient) -> None:
+    pid = post(client, PATIENT).json()["id"]
+    assert client.delete(f"/fhir/Patient/{pid}", headers={"If-Match": 'W/"2"'}).status_code == 412
+    assert client.get(f"/fhir/Patient/{pid}").status_code == 200
+    assert client.delete(f"/fhir/Patient/{pid}", headers={"If-Match": 'W/"1"'}).status_code == 204
+
+
 def test_conditional_read_answers_304(client: TestClient) -> None:
     r = post(client, PATIENT)
     pid = r.json()["id"]

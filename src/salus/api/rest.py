@@ -168,7 +168,8 @@ class RestApi:
         """DELETE [type]/[id] (``_cascade=delete`` also deletes what references it)."""
         t, i = request.path_params["type"], request.path_params["id"]
         cascade = request.query_params.get("_cascade") == "delete"
-        result = await self.write(lambda: self.service.delete(t, i, cascade=cascade))
+        if_match = request.headers.get("if-match")
+        result = await self.write(lambda: self.service.delete(t, i, cascade=cascade, if_match=if_match))
         return self.delete_response(request, result)
 
     def delete_response(self, request: Request, result: WriteResult) -> Response:

@@ -381,7 +381,8 @@ class FhirService:
         return self._run(tx, work)
 
     def delete(
-        self, res_type: str, res_id: str, *, cascade: bool = False, tx: Transaction | None = None,
+        self, res_type: str, res_id: str, *, cascade: bool = False, if_match: str | None = None,
+        tx: Transaction | None = None,
     ) -> WriteResult:
         """Delete (a versioned tombstone); 409 while other resources reference it unless ``cascade``."""
         self.check_type(res_type)
@@ -389,6 +390,7 @@ class FhirService:
 
         def work(t: Transaction) -> WriteResult:
             current = t.current(res_type, res_id)
+            check_if_match(if_match, current.version if current and not current.deleted else None, f"{res_type}/{res_id}")
             if current is None or current.deleted:
                 return WriteResult(204, None)
             referrers = self._referrers(t, res_type, res_id)

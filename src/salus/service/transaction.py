@@ -199,7 +199,7 @@ def _execute(
         return _get(service, tx, e, base_url)
     if e.method == "DELETE":
         if e.res_id:
-            result = service.delete(e.res_type, e.res_id, tx=tx)
+            result = service.delete(e.res_type, e.res_id, if_match=e.if_match, tx=tx)
         else:
             result = service.conditional_delete(e.res_type, e.query, tx=tx)
         return {"response": {"status": "204 No Content"}} if result.version is None else _written(e, result)
