@@ -156,8 +156,9 @@ def test_headers_and_bodies(doc: dict[str, Any]) -> None:
     assert {"If-None-Match", "If-Modified-Since"} <= headers(paths["/Patient/{id}"]["get"])
     assert "Prefer" in headers(paths["/Patient"]["get"])
     patch = resolve(doc, paths["/Patient/{id}"]["patch"]["requestBody"])
-    assert list(patch["content"]) == ["application/json-patch+json"]
+    assert set(patch["content"]) == {"application/json-patch+json", "application/fhir+json"}
     assert resolve(doc, patch["content"]["application/json-patch+json"]["schema"])["type"] == "array"
+    assert patch["content"]["application/fhir+json"]["schema"] == {"$ref": "#/components/schemas/Parameters"}
     assert "_cascade" in query_names(doc, paths["/Patient/{id}"]["delete"])
     assert {"_since", "_at", "_count", "_cursor"} <= query_names(doc, paths["/_history"]["get"])
     assert {"OperationOutcome", "Bundle", "Parameters", "Resource", "JsonPatch"} <= doc["components"]["schemas"].keys()

@@ -47,7 +47,7 @@ def capability_statement(base_url: str, software_date: str) -> dict[str, Any]:
         "fhirVersion": "4.0.1",
         # FHIR XML is not supported: requests for it get 406/415
         "format": ["application/fhir+json", "json"],
-        "patchFormat": ["application/json-patch+json"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json"],
         "rest": [{
             "mode": "server",
             "documentation": "Security is not enabled on this server.",

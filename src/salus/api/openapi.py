@@ -296,7 +296,7 @@ def _type_paths(t: str, search_refs: list[dict[str, Any]]) -> dict[str, dict[str
                        (*READ_ERRORS, 410), _p("If-None-Match", "If-Modified-Since", *FMT)),
             "put": _op(f"update{t}", f"Update a {t} (or create it with this id)", t, {"200": written, "201": written},
                        WRITE_ERRORS, _p("If-Match", *WRITE_HEADERS, *FMT), body),
-            "patch": _op(f"patch{t}", f"Patch a {t} with JSON Patch", t, {"200": written}, (*WRITE_ERRORS, 410),
+            "patch": _op(f"patch{t}", f"Patch a {t} with JSON Patch or FHIRPath Patch", t, {"200": written}, (*WRITE_ERRORS, 410),
                          _p("If-Match", *WRITE_HEADERS, *FMT), patch),
             "delete": _op(f"delete{t}", f"Delete a {t}", t, deleted, DELETE_ERRORS, _p("_cascade", "Prefer.return")),
         },
@@ -370,7 +370,12 @@ def _document_body() -> dict[str, Any]:
     paths = _system_paths()
     responses = _responses()
     bodies: dict[str, Any] = {
-        "JsonPatch": _body("JsonPatch", "A JSON Patch document", (PATCH_JSON,)),
+        "JsonPatch": {
+            "required": True,
+            "description": "A JSON Patch document (application/json-patch+json) or a FHIRPath Patch Parameters resource",
+            "content": {PATCH_JSON: {"schema": _ref("schemas", "JsonPatch")},
+                        FHIR_JSON: {"schema": _ref("schemas", "Parameters")}},
+        },
         "SearchForm": {"required": True, "description": "Search parameters as a form",
                        "content": {FORM: {"schema": _ref("schemas", "SearchForm")}}},
     }

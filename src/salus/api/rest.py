@@ -144,7 +144,7 @@ class RestApi:
         return self.write_response(request, result, media)
 
     async def patch(self, request: Request) -> Response:
-        """PATCH [type]/[id] with a JSON Patch document."""
+        """PATCH [type]/[id] with a JSON Patch or FHIRPath Patch document."""
         media = negotiate(request)
         t, i = request.path_params["type"], request.path_params["id"]
         self.service.check_type(t)
@@ -155,14 +155,26 @@ class RestApi:
         return self.write_response(request, result, media)
 
     async def patch_body(self, request: Request) -> Any:
-        """A JSON Patch body (FHIRPath Patch Parameters are not supported yet: 415)."""
+        """The PATCH body, whose kind the media type names: JSON Patch, or FHIRPath Patch as FHIR JSON; else 415."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype != formats.PATCH_JSON:
-            raise FhirError.of(
-                415, "not-supported",
-                f"PATCH needs {formats.PATCH_JSON} (FHIRPath Patch is not supported yet), not {ctype or '(none)'!r}",
-            )
-        return await self.body(request, allow=(formats.PATCH_JSON,))
+        if ctype == formats.PATCH_JSON:
+            body = await self.body(request, allow=(formats.PATCH_JSON,))
+            if not isinstance(body, list):
+                raise FhirError.of(400, "structure", "A JSON Patch document must be a JSON array of operations")
+            return body
+        if ctype in formats.JSON_TYPES:
+            body = await self.body(request)
+            # checked here so the service's by-shape dispatch never takes a FHIR JSON body for a JSON Patch
+            if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+                raise FhirError.of(
+                    400, "structure", f"A PATCH with {ctype} must carry a FHIRPath Patch (a Parameters resource)"
+                )
+            return body
+        raise FhirError.of(
+            415, "not-supported",
+            f"PATCH needs {formats.PATCH_JSON} (JSON Patch) or {formats.FHIR_JSON} (FHIRPath Patch), "
+            f"not {ctype or '(none)'!r}",
+        )
 
     async def delete(self, request: Request) -> Response:
         """DELETE [type]/[id] (``_cascade=delete`` also deletes what references it)."""

@@ -28,6 +28,7 @@ from salus.fhir.refs import is_valid_id, targets_in_json
 from salus.fhir.validate import validate_or_raise
 from salus.search.engine import SearchResult, match_ids, run_search
 from salus.search.indexing import index_rows
+from salus.service.fhirpath_patch import apply_fhirpath_patch
 from salus.store import Store, StoredVersion, Transaction
 from salus.store.base import IndexRows, NewResource
 
@@ -358,11 +359,13 @@ class FhirService:
         self, res_type: str, res_id: str, patch: Any, *, if_match: str | None = None, tx: Transaction | None = None,
         check_refs: bool = True,
     ) -> WriteResult:
-        """Apply a JSON Patch (RFC 6902) to the current version and store the result as a new version."""
+        """Apply a JSON Patch (an RFC 6902 array) or a FHIRPath Patch (a Parameters resource) to the current version.
+
+        The result is stored as a new version through ``update``, so it is validated like any other write.
+        """
         self.check_type(res_type)
         self.check_id(res_id)
-        if not isinstance(patch, list):
-            raise FhirError.of(400, "structure", "A JSON Patch document must be a JSON array of operations")
+        patch_kind(patch)  # a body that is neither kind is refused before the row lock is taken
 
         def work(t: Transaction) -> WriteResult:
             current = t.current(res_type, res_id)  # locks the row: the patch applies to what we replace
@@ -373,7 +376,7 @@ class FhirService:
             check_if_match(if_match, current.version, f"{res_type}/{res_id}")
             stored = t.read(res_type, res_id)
             assert stored is not None and stored.body is not None
-            patched = apply_json_patch(orjson.loads(stored.body), patch)
+            patched = apply_patch(orjson.loads(stored.body), patch)
             if not isinstance(patched, dict) or patched.get("id") != res_id or patched.get("resourceType") != res_type:
                 raise FhirError.of(422, "processing", "A patch may not change the resource's type or id")
             return self.update(res_type, res_id, patched, tx=t, method="PATCH", check_refs=check_refs)
@@ -470,6 +473,24 @@ class FhirService:
                     firsts.discard(key)  # its first occurrence was inserted above
                     continue
                 self._write(tx, key[0], key[1], r, "PUT", check_refs=False)
+
+
+def patch_kind(patch: Any) -> str:
+    """``json`` for a JSON Patch array, ``fhirpath`` for a FHIRPath Patch Parameters resource; 400 for anything else."""
+    if isinstance(patch, list):
+        return "json"
+    if isinstance(patch, dict) and patch.get("resourceType") == "Parameters":
+        return "fhirpath"
+    raise FhirError.of(
+        400, "structure", "A patch must be a JSON Patch array or a FHIRPath Patch (a Parameters resource)"
+    )
+
+
+def apply_patch(document: Any, patch: Any) -> Any:
+    """Apply either kind of patch the FHIR API accepts (R4 http.html#patch), told apart by its JSON shape."""
+    if patch_kind(patch) == "fhirpath":
+        return apply_fhirpath_patch(document, patch)
+    return apply_json_patch(document, patch)
 
 
 def apply_json_patch(document: Any, patch: Any) -> Any:

@@ -222,7 +222,7 @@ def _execute(
             result = service.update(e.res_type, e.target_id or "", body, if_match=e.if_match, tx=tx, check_refs=check_refs)
         e.extra["_stored"] = result.version
         return _written(e, result)
-    # PATCH: the patch document travels as a Binary (R4 3.1.0.11.1)
+    # PATCH: a JSON Patch travels as a Binary, a FHIRPath Patch as a Parameters resource (R4 3.1.0.11.1)
     if not e.res_id:
         raise FhirError.of(400, "not-supported", f"Bundle.entry[{e.index}]: conditional PATCH in a bundle is not supported")
     result = service.patch(e.res_type, e.res_id, _patch_document(e), if_match=e.if_match, tx=tx, check_refs=check_refs)
@@ -231,15 +231,21 @@ def _execute(
 
 
 def _patch_document(e: Entry) -> Any:
+    """The patch an entry carries: a Binary holding a JSON Patch, or a Parameters resource (FHIRPath Patch)."""
     r = e.resource
     if isinstance(r, dict) and r.get("resourceType") == "Binary":
         try:
             return orjson.loads(base64.b64decode(r.get("data", "")))
         except (ValueError, orjson.JSONDecodeError) as exc:
             raise FhirError.of(400, "structure", f"Bundle.entry[{e.index}]: the Binary does not hold a JSON Patch") from exc
+    if isinstance(r, dict) and r.get("resourceType") == "Parameters":
+        return r
     if isinstance(r, list):
         return r
-    raise FhirError.of(400, "not-supported", f"Bundle.entry[{e.index}]: PATCH needs a Binary holding a JSON Patch")
+    raise FhirError.of(
+        400, "not-supported",
+        f"Bundle.entry[{e.index}]: PATCH needs a Binary holding a JSON Patch or a Parameters resource (FHIRPath Patch)",
+    )
 
 
 def _written(e: Entry, result: WriteResult) -> dict[str, Any]:
