@@ -28,19 +28,11 @@ from typing import Any
 from salus.fhir.definitions import is_resource_type, search_parameters
 from salus.fhir.fhirpath import compiled
 from salus.search.paths import Program, Typed, compile_expression, compile_relative, top_level_keys
-from salus.search.types import composite, date, fits, number, quantity, reference, string, token, uri
+from salus.search.types import composite, fits, reference, token
+from salus.search.types.registry import MODULES
 
 log = logging.getLogger(__name__)
 
-MODULES: dict[str, ModuleType] = {
-    "string": string,
-    "token": token,
-    "reference": reference,
-    "date": date,
-    "number": number,
-    "quantity": quantity,
-    "uri": uri,
-}
 TABLES = tuple(m.TABLE for m in MODULES.values())
 NOT_INDEXED = frozenset({"_id", "_lastUpdated"})
 

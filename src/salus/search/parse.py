@@ -14,18 +14,10 @@ from functools import cache
 
 from salus.fhir.definitions import is_resource_type, search_parameters
 from salus.search.tree import Clause, CompositeValue, Include, Link, Missing, ParamDef, SearchQuery, SortKey, Value
-from salus.search.types import date, invalid, number, quantity, reference, split_unescaped, string, token, uri
+from salus.search.types import invalid, split_unescaped, token
 from salus.search.types.composite import component_param
+from salus.search.types.registry import MODULES
 
-MODULES = {
-    "string": string,
-    "token": token,
-    "reference": reference,
-    "date": date,
-    "number": number,
-    "quantity": quantity,
-    "uri": uri,
-}
 ID = ParamDef("_id", "token")
 LAST_UPDATED = ParamDef("_lastUpdated", "date")
 # handled by the doors (format negotiation), never by search
