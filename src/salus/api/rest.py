@@ -272,18 +272,23 @@ class RestApi:
                 raise FhirError.of(400, "invalid", f"_count must be a non-negative integer, not {count_raw!r}")
             count = int(count_raw)
         offset = self.int_param(request, "_offset") or 0
+        cursor = request.query_params.get("_cursor") or None
         strict = prefer(request, "handling") == "strict"
         result: SearchResult = await run_in_threadpool(
-            lambda: self.service.search(t, params, count=count, offset=offset, strict=strict, compartment=compartment)
+            lambda: self.service.search(
+                t, params, count=count, offset=offset, strict=strict, compartment=compartment, cursor=cursor
+            )
         )
-        return Response(
-            dumps(self.searchset(request, t, result, count, offset), request), media_type=media
-        )
+        return Response(dumps(self.searchset(request, result, count, offset, cursor), request), media_type=media)
 
     def searchset(
-        self, request: Request, res_type: str | None, result: SearchResult, count: int | None, offset: int,
+        self, request: Request, result: SearchResult, count: int | None, offset: int, cursor: str | None,
     ) -> dict[str, Any]:
-        """The searchset Bundle, with self/next/previous links carrying only the applied parameters."""
+        """The searchset Bundle, with self/first/next links carrying only the applied parameters.
+
+        ``next`` carries a keyset cursor (the last row's sort values), so following it stays
+        right while resources are written; there is no ``previous`` link for the same reason.
+        """
         base = self.base_url(request)
         path = request.url.path
         if path.endswith("/_search"):
@@ -291,16 +296,18 @@ class RestApi:
         page = self.service.page_size(count)
         applied = [(k, v) for k, v in result.applied if k != "_count"]
 
-        def link(rel: str, off: int) -> dict[str, str]:
-            q = [*applied, ("_count", str(page))] + ([("_offset", str(off))] if off else [])
-            return {"relation": rel, "url": f"{str(request.base_url).rstrip('/')}{path}?{urlencode(q)}"
-                    if not self.settings.public_base_url else f"{base}{path[len(self.settings.base_path):]}?{urlencode(q)}"}
+        def link(rel: str, paging: list[tuple[str, str]]) -> dict[str, str]:
+            q = urlencode([*applied, ("_count", str(page)), *paging])
+            url = (f"{base}{path[len(self.settings.base_path):]}?{q}" if self.settings.public_base_url
+                   else f"{str(request.base_url).rstrip('/')}{path}?{q}")
+            return {"relation": rel, "url": url}
 
-        links = [link("self", offset)]
-        if result.has_next:
-            links.append(link("next", offset + page))
-        if offset > 0:
-            links.append(link("previous", max(0, offset - page)))
+        here = [("_cursor", cursor)] if cursor else [("_offset", str(offset))] if offset else []
+        links = [link("self", here)]
+        if cursor or offset:
+            links.append(link("first", []))
+        if result.has_next and result.next_cursor:
+            links.append(link("next", [("_cursor", result.next_cursor)]))
         cut = wants_subset(result.summary, result.elements)
         entries: list[dict[str, Any]] = [
             {"fullUrl": f"{base}/{rt}/{rid}",

@@ -34,6 +34,7 @@ from salus.search.sql import (
     Func,
     InList,
     InQuery,
+    IsNull,
     Join,
     Not,
     Order,
@@ -288,9 +289,34 @@ def order_by(q: SearchQuery) -> tuple[Order, ...]:
     return (*(_sort_key(k) for k in q.sort), Order(Col("rid", R)))
 
 
-def page_select(q: SearchQuery, filt: Expr, limit: int | None, offset: int) -> Select:
-    """One page of matches with their current bodies."""
-    return Select(ENTRY_COLUMNS, RESOURCES, (CURRENT_BODY,), filt, order_by(q), limit, offset)
+def page_select(
+    q: SearchQuery, filt: Expr, limit: int | None, offset: int, after: tuple[Any, ...] | None = None,
+) -> Select:
+    """One page of matches with their current bodies, then each row's sort key values (for the next cursor).
+
+    ``after`` is the sort key values of the previous page's last row: the page starts
+    right after it (keyset paging), so rows written or deleted meanwhile never make a
+    page repeat or skip a match, as an offset would.
+    """
+    orders = order_by(q)
+    if after is not None:
+        filt = and_(filt, keyset_after(orders, after))
+    columns = (*ENTRY_COLUMNS, *(o.expr for o in orders[:-1]))
+    return Select(columns, RESOURCES, (CURRENT_BODY,), filt, orders, limit, offset)
+
+
+def keyset_after(orders: tuple[Order, ...], values: tuple[Any, ...]) -> Expr:
+    """Rows strictly after ``values`` in the order ``orders`` (missing values sort last)."""
+    if len(values) != len(orders):
+        raise ValueError("cursor does not fit the sort")
+    options: list[Expr] = []
+    for i, (order, value) in enumerate(zip(orders, values, strict=True)):
+        same = [IsNull(o.expr) if v is None else Cmp(o.expr, "=", Param(v)) for o, v in zip(orders[:i], values[:i], strict=True)]
+        if value is None:
+            continue  # nothing sorts after a missing value but other missing values
+        later = Cmp(order.expr, "<" if order.descending else ">", Param(value))
+        options.append(and_(*same, or_(later, IsNull(order.expr))))
+    return or_(*options) if options else Const(False)
 
 
 def count_select(filt: Expr) -> Select:

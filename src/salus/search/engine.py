@@ -9,9 +9,12 @@ when it cannot be known from the page itself.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import orjson
 
 from salus.fhir.outcome import FhirError, Issue
 from salus.search import compile as c
@@ -50,6 +53,30 @@ class SearchResult:
     unknown: list[str] = field(default_factory=list)
     summary: str | None = None
     elements: list[str] | None = None
+    next_cursor: str | None = None
+
+
+def _sort_signature(q: SearchQuery) -> str:
+    return ",".join(("-" if k.descending else "") + k.param.code for k in q.sort)
+
+
+def encode_cursor(q: SearchQuery, row: tuple[Any, ...]) -> str:
+    """An opaque token naming the last row of a page: its sort key values and rid, and the sort they belong to."""
+    doc = {"s": _sort_signature(q), "k": [*row[5:], row[0]]}
+    return base64.urlsafe_b64encode(orjson.dumps(doc)).decode().rstrip("=")
+
+
+def decode_cursor(q: SearchQuery, token: str) -> tuple[Any, ...]:
+    """The sort key values a cursor names; 400 if it is damaged or belongs to another sort."""
+    try:
+        doc = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        keys = doc["k"]
+        ok = doc["s"] == _sort_signature(q) and isinstance(keys, list) and len(keys) == len(q.sort) + 1
+    except (ValueError, TypeError, KeyError, orjson.JSONDecodeError):
+        ok = False
+    if not ok:
+        raise FhirError.of(400, "invalid", "The paging cursor is not valid for this search (start again from the first page)")
+    return tuple(keys)
 
 
 def _run(db: Queryable, node: Any) -> list[tuple[Any, ...]]:
@@ -78,6 +105,7 @@ def run_search(
     strict: bool = False,
     compartment: tuple[str, str] | None = None,
     count_only: bool = False,
+    cursor: str | None = None,
 ) -> SearchResult:
     """Search ``resource_type`` (None: all types, ``_type`` narrows) with the URL's ``query`` pairs.
 
@@ -86,6 +114,8 @@ def run_search(
     with 400 (``Prefer: handling=strict``); otherwise they are listed in
     ``unknown``. ``compartment=('Patient', id)`` restricts to that compartment.
     ``count_only`` (or ``_summary=count``, or a page size of 0) only counts.
+    ``cursor`` (from a previous page's ``next_cursor``) starts the page right after that
+    page's last row, which stays correct while resources are written meanwhile.
     """
     q = parse_query(resource_type, query)
     if strict:
@@ -98,12 +128,15 @@ def run_search(
     if count_only or q.summary == "count" or size == 0:
         result.total = int(_run(db, c.count_select(filt))[0][0])
         return result
-    rows = _run(db, c.page_select(q, filt, size + 1, offset))
+    after = decode_cursor(q, cursor) if cursor else None
+    rows = _run(db, c.page_select(q, filt, size + 1, 0 if after else offset, after))
     result.has_next = len(rows) > size
     rows = rows[:size]
+    if result.has_next:
+        result.next_cursor = encode_cursor(q, rows[-1])
     result.entries = [(r[1], r[2], r[4]) for r in rows]
     if q.total != "none":
-        if not result.has_next and (rows or offset == 0):
+        if not result.has_next and not after and (rows or offset == 0):
             result.total = offset + len(rows)
         else:
             result.total = int(_run(db, c.count_select(filt))[0][0])

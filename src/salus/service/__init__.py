@@ -187,13 +187,14 @@ class FhirService:
     def search(
         self, res_type: str | None, query: list[tuple[str, str]], *, count: int | None = None, offset: int = 0,
         strict: bool = False, compartment: tuple[str, str] | None = None, tx: Transaction | None = None,
+        cursor: str | None = None,
     ) -> SearchResult:
         """Run a FHIR search at type (or system, with ``res_type=None``) level."""
         if res_type is not None:
             self.check_type(res_type)
         return run_search(
             tx or self.store, res_type, query, count=self.page_size(count), offset=offset, strict=strict,
-            compartment=compartment,
+            compartment=compartment, cursor=cursor,
         )
 
     # ---- writes ------------------------------------------------------------------------
