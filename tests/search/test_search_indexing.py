@@ -201,8 +201,10 @@ def test_number_precision(value: Any, expected: tuple[float, float] | None) -> N
 def test_quantities() -> None:
     """Quantity keeps system and code (or the unit), a comparator opens a side; Range, Money, SampledData."""
     q = {"value": 5.4, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}
+    # UCUM units also get a row in canonical units (grams), under the marker system
     assert quantity.extract(q, "Quantity") == [
-        ("http://unitsofmeasure.org", "mg", pytest.approx(5.35), pytest.approx(5.45))
+        ("http://unitsofmeasure.org", "mg", pytest.approx(5.35), pytest.approx(5.45)),
+        ("urn:salus:ucum-canonical", "g", pytest.approx(0.00535), pytest.approx(0.00545)),
     ]
     assert quantity.extract({"value": 3, "unit": "tablets"}, "Quantity") == [(None, "tablets", 2.5, 3.5)]
     assert quantity.extract({"value": 3, "comparator": ">=", "code": "a"}, "Age") == [(None, "a", 2.5, float("inf"))]
@@ -234,7 +236,8 @@ def test_composite_groups() -> None:
     """Each component value gets its own grp; component rows go to their type's table as <code>#<index>."""
     idx = index_rows(BP)
     tok = [r for r in idx["idx_token"] if r[0].startswith("component-code-value-quantity#")]
-    qty = [r for r in idx["idx_quantity"] if r[0].startswith("component-code-value-quantity#")]
+    qty = [r for r in idx["idx_quantity"] if r[0].startswith("component-code-value-quantity#")
+           and r[2] != "urn:salus:ucum-canonical"]
     assert tok == [
         ("component-code-value-quantity#0", 1, "http://loinc.org", "8480-6", None),
         ("component-code-value-quantity#0", 2, "http://loinc.org", "8462-4", None),

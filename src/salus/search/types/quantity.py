@@ -5,9 +5,9 @@ The range is the value's precision range (see ``number``); a comparator
 code, or the unit text when there is no code. A Range gives low..high; Money
 gives the ISO 4217 currency as code. SampledData is not indexed.
 
-UCUM canonical forms (``mg`` and ``g`` comparable) are the next issue: each
-function in ``CANONICAL`` may add a row in canonical units for a stored
-quantity, and the same function turns the search value into canonical units.
+UCUM canonical forms (``mg`` and ``g`` comparable): each function in
+``CANONICAL`` may add a row in canonical units for a stored quantity
+(``types.ucum``), and a search in a UCUM unit is converted the same way.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from salus.search.sql import Col, Expr, and_, eq
-from salus.search.tree import ParamDef, QuantityValue
-from salus.search.types import invalid, split_unescaped, unescape
+from salus.search.sql import Cmp, Col, Expr, IsNull, Param, and_, eq, or_
+from salus.search.tree import NumberValue, ParamDef, QuantityValue
+from salus.search.types import invalid, split_unescaped, ucum, unescape
 from salus.search.types.number import INF, parse_number, range_of, value_range
 from salus.search.types.number import condition_on as number_condition
 
@@ -25,7 +25,9 @@ TABLE = "idx_quantity"
 MODIFIERS: frozenset[str] = frozenset()
 CURRENCY_SYSTEM = "urn:iso:std:iso:4217"
 # hook for canonical units: (system, code, low, high) -> a canonical (system, code, low, high) or None
-CANONICAL: list[Callable[[str | None, str | None, float, float], tuple[str, str, float, float] | None]] = []
+CANONICAL: list[Callable[[str | None, str | None, float, float], tuple[str, str, float, float] | None]] = [
+    ucum.canonical_row,
+]
 
 
 def _s(v: Any) -> str | None:
@@ -88,12 +90,28 @@ def parse(raw: str, modifier: str | None, param: ParamDef) -> QuantityValue:
 
 
 def condition(value: QuantityValue, modifier: str | None, alias: str = "i") -> Expr:
-    """Number semantics on low/high, plus system and code when given."""
+    """Number semantics on low/high, plus system and code when given; UCUM units compare in canonical units."""
+    unit = ucum.canonical_unit(value.system, value.code)
+    if unit is not None and value.code is not None:
+        n = value.number
+        canon = NumberValue(
+            n.prefix, ucum.convert_decimal(n.value, value.code),
+            ucum.convert(n.low, value.code), ucum.convert(n.high, value.code),
+        )
+        return and_(
+            number_condition(canon, Col("low", alias), Col("high", alias)),
+            eq("code", unit, alias),
+            eq("system", ucum.CANONICAL_SYSTEM, alias),
+        )
     parts: list[Expr] = [number_condition(value.number, Col("low", alias), Col("high", alias))]
     if value.code is not None:
         parts.append(eq("code", value.code, alias))
     if value.system is not None:
         parts.append(eq("system", value.system, alias))
+    elif value.code is None:
+        # a bare number compares with the values as written, never with their canonical copies
+        system = Col("system", alias)
+        parts.append(or_(IsNull(system), Cmp(system, "<>", Param(ucum.CANONICAL_SYSTEM))))
     return and_(*parts)
 
 
