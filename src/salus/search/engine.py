@@ -20,6 +20,7 @@ from salus.fhir.outcome import FhirError, Issue
 from salus.search import compile as c
 from salus.search.parse import parse_query
 from salus.search.tree import SearchQuery
+from salus.search.valuesets import resolve_modifiers
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 1000
@@ -118,6 +119,7 @@ def run_search(
     page's last row, which stays correct while resources are written meanwhile.
     """
     q = parse_query(resource_type, query)
+    resolve_modifiers(db, q)
     if strict:
         _reject_unknown(q)
     size = count if count is not None else q.count if q.count is not None else DEFAULT_COUNT
@@ -192,6 +194,7 @@ def match_ids(db: Queryable, resource_type: str, query: list[tuple[str, str]], l
     update or delete the wrong resources.
     """
     q = parse_query(resource_type, query)
+    resolve_modifiers(db, q)
     _reject_unknown(q)
     rows = _run(db, c.ids_select(q, c.where(q), limit))
     return [(str(r[0]), int(r[1])) for r in rows]

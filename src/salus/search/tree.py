@@ -54,6 +54,7 @@ class TokenValue:
     code: str | None
     system_given: bool = False
     text: str | None = None
+    value_set: str | None = None  # ``:in`` / ``:not-in``: expanded against the store before compiling
 
 
 @dataclass(frozen=True)

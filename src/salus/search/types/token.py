@@ -18,8 +18,8 @@ from salus.search.types import extension_value, invalid, split_unescaped, unesca
 from salus.search.types.string import MAX_NORM, normalise
 
 TABLE = "idx_token"
-MODIFIERS = frozenset({"not", "text"})
-UNSUPPORTED_MODIFIERS = frozenset({"in", "not-in", "above", "below", "of-type"})
+MODIFIERS = frozenset({"not", "text", "in", "not-in"})
+UNSUPPORTED_MODIFIERS = frozenset({"above", "below", "of-type"})
 # codes and systems are indexed; longer values are not codes and would not fit a btree entry
 MAX_CODE = 1000
 
@@ -106,6 +106,11 @@ def extract(value: Any, fhir_type: str | None) -> list[tuple[Any, ...]]:
 
 def parse(raw: str, modifier: str | None, param: ParamDef) -> TokenValue:
     """``code``, ``system|code``, ``|code``, ``system|``; any text for ``:text``."""
+    if modifier in ("in", "not-in"):
+        url = unescape(raw)
+        if not url:
+            raise invalid(param.code, f"':{modifier}' needs a value set URL")
+        return TokenValue(None, None, value_set=url)
     if modifier == "text":
         text = unescape(raw)
         if not text:

@@ -1,0 +1,76 @@
+"""Token ``:in`` and ``:not-in`` against value sets stored on the server (R4 search.html#token), on both stores."""
+
+from __future__ import annotations
+
+import pytest
+
+from salus.fhir.outcome import FhirError
+
+SYS = "http://example.org/cs/fruit"
+CODE_SYSTEM = {
+    "resourceType": "CodeSystem", "id": "fruit", "url": SYS, "status": "active", "content": "complete",
+    "concept": [
+        {"code": "citrus", "concept": [{"code": "lemon"}, {"code": "orange", "concept": [{"code": "blood-orange"}]}]},
+        {"code": "apple"},
+    ],
+}
+
+
+def vs(vid: str, compose: dict | None = None, expansion: list | None = None) -> dict:
+    res: dict = {"resourceType": "ValueSet", "id": vid, "url": f"http://example.org/vs/{vid}", "status": "active"}
+    if compose:
+        res["compose"] = compose
+    if expansion:
+        res["expansion"] = {"timestamp": "2026-01-01T00:00:00Z", "contains": expansion}
+    return res
+
+
+def obs(oid: str, code: str, system: str = SYS) -> dict:
+    return {"resourceType": "Observation", "id": oid, "status": "final", "code": {"coding": [{"system": system, "code": code}]}}
+
+
+@pytest.fixture
+def loaded(service):  # type: ignore[no-untyped-def]
+    service.load([
+        CODE_SYSTEM,
+        vs("listed", {"include": [{"system": SYS, "concept": [{"code": "lemon"}, {"code": "apple"}]}]}),
+        vs("whole", {"include": [{"system": SYS}], "exclude": [{"system": SYS, "concept": [{"code": "apple"}]}]}),
+        vs("isa", {"include": [{"system": SYS, "filter": [{"property": "concept", "op": "is-a", "value": "orange"}]}]}),
+        vs("below", {"include": [{"system": SYS, "filter": [{"property": "concept", "op": "descendent-of",
+                                                               "value": "citrus"}]}]}),
+        vs("expanded", expansion=[{"system": SYS, "code": "apple"}, {"system": "http://other", "code": "lemon"}]),
+        vs("empty", {"include": [{"system": SYS, "concept": [{"code": "kiwi"}]}]}),
+        obs("o-lemon", "lemon"), obs("o-apple", "apple"), obs("o-orange", "orange"), obs("o-blood", "blood-orange"),
+        obs("o-other-lemon", "lemon", "http://other"),
+    ])
+    return service
+
+
+def ids(service, param: str, value: str) -> set[str]:  # type: ignore[no-untyped-def]
+    return {rid for _, rid, _ in service.search("Observation", [(param, value)], count=100).entries}
+
+
+def test_in(loaded) -> None:  # type: ignore[no-untyped-def]
+    assert ids(loaded, "code:in", "http://example.org/vs/listed") == {"o-lemon", "o-apple"}
+    assert ids(loaded, "code:in", "http://example.org/vs/whole") == {"o-lemon", "o-orange", "o-blood"}
+    assert ids(loaded, "code:in", "http://example.org/vs/isa") == {"o-orange", "o-blood"}
+    assert ids(loaded, "code:in", "http://example.org/vs/below") == {"o-lemon", "o-orange", "o-blood"}
+    assert ids(loaded, "code:in", "http://example.org/vs/expanded") == {"o-apple", "o-other-lemon"}
+    assert ids(loaded, "code:in", "http://example.org/vs/empty") == set()
+    # OR across two value sets
+    assert ids(loaded, "code:in", "http://example.org/vs/isa,http://example.org/vs/listed") == {
+        "o-orange", "o-blood", "o-lemon", "o-apple"}
+
+
+def test_not_in(loaded) -> None:  # type: ignore[no-untyped-def]
+    assert ids(loaded, "code:not-in", "http://example.org/vs/whole") == {"o-apple", "o-other-lemon"}
+
+
+def test_core_value_set_and_unknown(loaded) -> None:  # type: ignore[no-untyped-def]
+    loaded.load([{"resourceType": "Patient", "id": "pf", "gender": "female"}, {"resourceType": "Patient", "id": "px"}])
+    found = {rid for _, rid, _ in loaded.search(
+        "Patient", [("gender:in", "http://hl7.org/fhir/ValueSet/administrative-gender")]).entries}
+    assert found == {"pf"}
+    with pytest.raises(FhirError) as err:
+        loaded.search("Observation", [("code:in", "http://example.org/vs/nope")])
+    assert err.value.status == 400
