@@ -74,3 +74,23 @@ def test_core_value_set_and_unknown(loaded) -> None:  # type: ignore[no-untyped-
     with pytest.raises(FhirError) as err:
         loaded.search("Observation", [("code:in", "http://example.org/vs/nope")])
     assert err.value.status == 400
+
+
+def test_identifier_of_type(service) -> None:  # type: ignore[no-untyped-def]
+    v2 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+    service.load([
+        {"resourceType": "Patient", "id": "mr", "identifier": [
+            {"type": {"coding": [{"system": v2, "code": "MR"}]}, "system": "urn:h", "value": "12345"}]},
+        {"resourceType": "Patient", "id": "dl", "identifier": [
+            {"type": {"coding": [{"system": v2, "code": "DL"}]}, "system": "urn:dmv", "value": "12345"}]},
+    ])
+
+    def found(value: str) -> set[str]:
+        return {rid for _, rid, _ in service.search("Patient", [("identifier:of-type", value)]).entries}
+
+    assert found(f"{v2}|MR|12345") == {"mr"}
+    assert found(f"{v2}|DL|12345") == {"dl"}
+    assert found(f"{v2}|MR|99999") == set()
+    assert found(f"{v2}|MR|12345,{v2}|DL|12345") == {"mr", "dl"}
+    with pytest.raises(FhirError):
+        service.search("Patient", [("identifier:of-type", "12345")])

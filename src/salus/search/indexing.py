@@ -215,3 +215,6 @@ def _rows(
             if ident is not None:
                 for row in token.extract(ident, "Identifier"):
                     add(token.TABLE, (code + ":identifier", 0, *row))
+        elif module is token and (t == "Identifier" or t is None):
+            for row in token.of_type_rows(v):
+                add(token.TABLE, (code + ":of-type", 0, *row))

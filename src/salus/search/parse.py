@@ -159,6 +159,13 @@ def _clause(types: tuple[str, ...] | None, name: str, value: str) -> Clause | No
         if param.type == "reference" and mod == "identifier":
             param = ParamDef(param.code + ":identifier", "token")
             module = token
+        elif param.type == "token" and mod == "of-type":
+            # rows of identifier types live under their own parameter name; see token.of_type_rows
+            of_type = ParamDef(param.code + ":of-type", "token")
+            values = [token.parse_of_type(raw, of_type) for raw in split_unescaped(value, ",") if raw]
+            if not values:
+                raise invalid(name, f"No value for parameter '{name}'")
+            return Clause(types, of_type, None, tuple(values), chain)
         elif param.type == "reference" and is_resource_type(mod):
             if param.targets and mod not in param.targets:
                 raise invalid(name, f"'{code}' cannot refer to a {mod} (targets: {', '.join(param.targets)})")

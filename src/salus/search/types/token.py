@@ -19,7 +19,7 @@ from salus.search.types.string import MAX_NORM, normalise
 
 TABLE = "idx_token"
 MODIFIERS = frozenset({"not", "text", "in", "not-in"})
-UNSUPPORTED_MODIFIERS = frozenset({"above", "below", "of-type"})
+UNSUPPORTED_MODIFIERS = frozenset({"above", "below"})
 # codes and systems are indexed; longer values are not codes and would not fit a btree entry
 MAX_CODE = 1000
 
@@ -102,6 +102,28 @@ def extract(value: Any, fhir_type: str | None) -> list[tuple[Any, ...]]:
         if inner is not None:
             return extract(inner, inner_type)
     return rows
+
+
+def of_type_rows(value: Any) -> list[tuple[Any, ...]]:
+    """Rows for ``identifier:of-type``: (type system|type code, identifier value), one per type coding."""
+    if type(value) is not dict or type(value.get("type")) is not dict:
+        return []
+    ident = _s(value.get("value"))
+    codings = value["type"].get("coding")
+    if ident is None or type(codings) is not list:
+        return []
+    return [
+        (f"{c.get('system') or ''}|{c['code']}", ident, None)
+        for c in codings if type(c) is dict and _s(c.get("code"))
+    ]
+
+
+def parse_of_type(raw: str, param: ParamDef) -> TokenValue:
+    """``identifier:of-type=[type system]|[type code]|[value]`` (R4 search.html#token)."""
+    parts = split_unescaped(raw, "|")
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        raise invalid(param.code, f"':of-type' takes system|code|value, not '{raw}'")
+    return TokenValue(f"{unescape(parts[0])}|{unescape(parts[1])}", unescape(parts[2]), system_given=True)
 
 
 def parse(raw: str, modifier: str | None, param: ParamDef) -> TokenValue:
