@@ -94,3 +94,23 @@ def test_identifier_of_type(service) -> None:  # type: ignore[no-untyped-def]
     assert found(f"{v2}|MR|12345,{v2}|DL|12345") == {"mr", "dl"}
     with pytest.raises(FhirError):
         service.search("Patient", [("identifier:of-type", "12345")])
+
+
+def test_list_parameter(service) -> None:  # type: ignore[no-untyped-def]
+    service.load([
+        {"resourceType": "Patient", "id": "a"}, {"resourceType": "Patient", "id": "b"}, {"resourceType": "Patient", "id": "c"},
+        {"resourceType": "List", "id": "ward", "status": "current", "mode": "working",
+         "entry": [{"item": {"reference": "Patient/a"}}, {"item": {"reference": "Patient/c"}}]},
+        {"resourceType": "List", "id": "other", "status": "current", "mode": "working",
+         "entry": [{"item": {"reference": "Patient/b"}}]},
+    ])
+
+    def found(query: list[tuple[str, str]]) -> set[str]:
+        return {rid for _, rid, _ in service.search("Patient", query).entries}
+
+    assert found([("_list", "ward")]) == {"a", "c"}
+    assert found([("_list", "ward,other")]) == {"a", "b", "c"}
+    assert found([("_list", "ward"), ("_id", "c")]) == {"c"}
+    assert found([("_list", "missing-list")]) == set()
+    service.delete("List", "ward")
+    assert found([("_list", "ward")]) == set()

@@ -111,6 +111,10 @@ def clause_expr(c: Clause, alias: str = R, depth: int = 0) -> Expr:
             return Const(not first.missing)  # every resource has an id
         ids = tuple(Param(v.code) for v in c.values)  # type: ignore[union-attr]
         return InList(Col("res_id", alias), ids, negated=c.modifier == "not")
+    if p.code == "_list":
+        if isinstance(first, Missing):
+            raise FhirError.of(400, "invalid", "':missing' does not apply to '_list'")
+        return _list_expr(c, alias, depth)
     if p.code == "_lastUpdated":
         if isinstance(first, Missing):
             return Const(not first.missing)
@@ -128,6 +132,22 @@ def clause_expr(c: Clause, alias: str = R, depth: int = 0) -> Expr:
     values = or_(*(module.condition(v, mod, i) for v in c.values))
     sub = Select((Col("rid", i),), Table(module.TABLE, i), where=and_(*base, values))
     return InQuery(Col("rid", alias), sub, negated=c.modifier == "not")
+
+
+def _list_expr(c: Clause, alias: str, depth: int) -> Expr:
+    """Resources named by ``List.entry.item`` of the given (current) Lists."""
+    i, lst = f"li{depth}", f"lr{depth}"
+    lists = Select(
+        (Col("rid", lst),), Table("resources", lst),
+        where=and_(eq("res_type", "List", lst), InList(Col("res_id", lst), tuple(Param(v.code) for v in c.values)),  # type: ignore[union-attr]
+                   Not(Col("deleted", lst))),
+    )
+    items = Select(
+        (Col("target_id", i),), Table("idx_reference", i),
+        where=and_(eq("res_type", "List", i), eq("param", "item", i),
+                   Cmp(Col("target_type", i), "=", Col("res_type", alias)), InQuery(Col("rid", i), lists)),
+    )
+    return InQuery(Col("res_id", alias), items)
 
 
 def _composite_expr(c: Clause, alias: str, depth: int) -> Expr:

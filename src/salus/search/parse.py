@@ -20,6 +20,8 @@ from salus.search.types.registry import MODULES
 
 ID = ParamDef("_id", "token")
 LAST_UPDATED = ParamDef("_lastUpdated", "date")
+# _list=id: the resources a List on this server names in List.entry.item (R4 search.html#list)
+LIST = ParamDef("_list", "token")
 # handled by the doors (format negotiation), never by search
 IGNORED = frozenset({"_format", "_pretty"})
 SUMMARY = frozenset({"true", "false", "text", "data", "count"})
@@ -42,6 +44,7 @@ def known_parameters(resource_types: tuple[str, ...] | None) -> dict[str, ParamD
         }
     defs["_id"] = ID
     defs["_lastUpdated"] = LAST_UPDATED
+    defs["_list"] = LIST
     return defs
 
 
@@ -144,7 +147,7 @@ def _clause(types: tuple[str, ...] | None, name: str, value: str) -> Clause | No
     param = known_parameters(types).get(code)
     if param is None or (param.type not in MODULES and param.type != "composite"):
         return None  # unknown or special
-    if param.expression is None and param not in (ID, LAST_UPDATED):
+    if param.expression is None and param not in (ID, LAST_UPDATED, LIST):
         return None  # not indexed (Patient.age)
     mod: str | None = modifier or None
     chain = tuple(links)
@@ -155,6 +158,8 @@ def _clause(types: tuple[str, ...] | None, name: str, value: str) -> Clause | No
     if param.type == "composite":
         return _composite_clause(types, param, mod, name, value, chain)
     module = MODULES[param.type]
+    if param is LIST and mod is not None:
+        raise invalid(name, f"Unknown modifier ':{mod}' for '_list'")
     if mod is not None:
         if param.type == "reference" and mod == "identifier":
             param = ParamDef(param.code + ":identifier", "token")
