@@ -134,7 +134,7 @@ def test_system_level() -> None:
         ("RiskAssessment", [("probability", "abc")], "invalid"),
         ("Observation", [("value-quantity", "5|a")], "invalid"),
         ("Patient", [("name:foo", "x")], "invalid"),
-        ("Patient", [("gender:above", "x")], "not-supported"),
+        ("Patient", [("gender:above", "x")], "invalid"),
         ("Patient", [("gender:missing", "maybe")], "invalid"),
         ("Patient", [("identifier", "a|b|c")], "invalid"),
         ("Patient", [("identifier", "|")], "invalid"),

@@ -114,3 +114,13 @@ def test_list_parameter(service) -> None:  # type: ignore[no-untyped-def]
     assert found([("_list", "missing-list")]) == set()
     service.delete("List", "ward")
     assert found([("_list", "ward")]) == set()
+
+
+def test_above_and_below(loaded) -> None:  # type: ignore[no-untyped-def]
+    assert ids(loaded, "code:below", f"{SYS}|citrus") == {"o-lemon", "o-orange", "o-blood"}
+    assert ids(loaded, "code:below", f"{SYS}|orange") == {"o-orange", "o-blood"}
+    assert ids(loaded, "code:above", f"{SYS}|blood-orange") == {"o-orange", "o-blood"}
+    assert ids(loaded, "code:above", f"{SYS}|apple") == {"o-apple"}
+    with pytest.raises(FhirError) as err:
+        loaded.search("Observation", [("code:below", "http://unknown|x")])
+    assert err.value.status == 400

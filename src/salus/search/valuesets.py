@@ -92,21 +92,48 @@ NOTHING = ("urn:salus:empty-value-set", "")
 
 
 def resolve_modifiers(db: Any, q: SearchQuery) -> None:
-    """Turn ``:in``/``:not-in`` clauses into plain token clauses over the expanded codes, in place.
+    """Turn token ``:in``/``:not-in``/``:above``/``:below`` clauses into plain ones over the codes they name, in place.
 
     ``:not-in`` becomes ``:not`` over the same codes: resources with no code in the set.
     """
     for n, clause in enumerate(q.clauses):
-        if clause.modifier not in ("in", "not-in"):
+        if clause.param.type != "token" or clause.modifier not in ("in", "not-in", "above", "below"):
             continue
         codes: set[Code] = set()
         for v in clause.values:
             assert isinstance(v, TokenValue) and v.value_set is not None
-            codes |= expand(db, v.value_set)
+            if clause.modifier in ("above", "below"):
+                assert v.system is not None and v.code is not None
+                codes |= subsumption(db, v.system, v.code, below=clause.modifier == "below")
+            else:
+                codes |= expand(db, v.value_set)
         values = tuple(
             TokenValue(s, c, system_given=s is not None) for s, c in sorted(codes or {NOTHING}, key=str)
         )
         q.clauses[n] = replace(clause, modifier="not" if clause.modifier == "not-in" else None, values=values)
+
+
+def _ancestors(concepts: list[dict[str, Any]], code: str, path: tuple[str, ...] = ()) -> set[str]:
+    for c in concepts:
+        here = (*path, c.get("code", ""))
+        if c.get("code") == code:
+            return set(path)
+        found = _ancestors(c.get("concept", []), code, here)
+        if found or any(x.get("code") == code for x in _concepts(c.get("concept", []))):
+            return found
+    return set()
+
+
+def subsumption(db: Any, system: str, code: str, *, below: bool) -> set[Code]:
+    """The code with its descendants (``:below``) or ancestors (``:above``) in a code system stored here."""
+    cs = _fetch(db, "CodeSystem", system)
+    if cs is None:
+        raise FhirError.of(
+            400, "not-supported", f"':{'below' if below else 'above'}' needs the code system {system} on this server"
+        )
+    top = cs.get("concept", [])
+    related = set(_descendants(top, code)) if below else _ancestors(top, code)
+    return {(system, c) for c in related | {code}}
 
 
 def expand(db: Any, canonical: str, depth: int = 0) -> set[Code]:

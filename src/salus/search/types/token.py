@@ -18,8 +18,7 @@ from salus.search.types import extension_value, invalid, split_unescaped, unesca
 from salus.search.types.string import MAX_NORM, normalise
 
 TABLE = "idx_token"
-MODIFIERS = frozenset({"not", "text", "in", "not-in"})
-UNSUPPORTED_MODIFIERS = frozenset({"above", "below"})
+MODIFIERS = frozenset({"not", "text", "in", "not-in", "above", "below"})
 # codes and systems are indexed; longer values are not codes and would not fit a btree entry
 MAX_CODE = 1000
 
@@ -128,6 +127,11 @@ def parse_of_type(raw: str, param: ParamDef) -> TokenValue:
 
 def parse(raw: str, modifier: str | None, param: ParamDef) -> TokenValue:
     """``code``, ``system|code``, ``|code``, ``system|``; any text for ``:text``."""
+    if modifier in ("above", "below"):
+        parts = split_unescaped(raw, "|")
+        if len(parts) != 2 or not parts[0] or not parts[1]:
+            raise invalid(param.code, f"':{modifier}' takes system|code (the code system must be known), not '{raw}'")
+        return TokenValue(unescape(parts[0]), unescape(parts[1]), system_given=True, value_set=modifier)
     if modifier in ("in", "not-in"):
         url = unescape(raw)
         if not url:
