@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.requests import Request
@@ -55,13 +56,8 @@ def negotiate(request: Request) -> str:
     raise FhirError.of(406, "not-supported", f"Cannot produce any of {accept!r}: this server speaks FHIR JSON only")
 
 
-async def read_json_body(request: Request, max_bytes: int, *, allow: tuple[str, ...] = ()) -> Any:
-    """The request body parsed as JSON, with 415 for other media types and 413 past ``max_bytes``."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype in XML_TYPES:
-        raise FhirError.of(415, "not-supported", "FHIR XML is not supported; send application/fhir+json")
-    if ctype not in JSON_TYPES and ctype not in allow:
-        raise FhirError.of(415, "not-supported", f"Unsupported media type {ctype or '(none)'!r}; send application/fhir+json")
+async def read_limited(request: Request, max_bytes: int) -> bytes:
+    """The whole body, refused with 413 as soon as it passes ``max_bytes`` (declared or streamed)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise FhirError.of(413, "too-costly", f"The body is larger than the limit of {max_bytes} bytes")
@@ -72,13 +68,32 @@ async def read_json_body(request: Request, max_bytes: int, *, allow: tuple[str, 
         if size > max_bytes:
             raise FhirError.of(413, "too-costly", f"The body is larger than the limit of {max_bytes} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_json_body(request: Request, max_bytes: int, *, allow: tuple[str, ...] = ()) -> Any:
+    """The request body parsed as JSON, with 415 for other media types and 413 past ``max_bytes``."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype in XML_TYPES:
+        raise FhirError.of(415, "not-supported", "FHIR XML is not supported; send application/fhir+json")
+    if ctype not in JSON_TYPES and ctype not in allow:
+        raise FhirError.of(415, "not-supported", f"Unsupported media type {ctype or '(none)'!r}; send application/fhir+json")
+    raw = await read_limited(request, max_bytes)
     if not raw.strip():
         raise FhirError.of(400, "structure", "The request body is empty")
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise FhirError.of(400, "structure", f"The body is not valid JSON: {exc}") from exc
+
+
+async def read_form(request: Request, max_bytes: int) -> list[tuple[str, str]]:
+    """An ``application/x-www-form-urlencoded`` body as ordered pairs (POST ``_search``), within the size limit."""
+    raw = await read_limited(request, max_bytes)
+    try:
+        return parse_qsl(raw.decode("utf-8"), keep_blank_values=True)
+    except UnicodeDecodeError as exc:
+        raise FhirError.of(400, "structure", "The form body is not UTF-8") from exc
 
 
 def pretty(request: Request) -> bool:

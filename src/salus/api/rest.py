@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from salus.api import formats
-from salus.api.formats import FHIR_JSON, dumps, negotiate, prefer, read_json_body, resource_response
+from salus.api.formats import FHIR_JSON, dumps, negotiate, prefer, read_form, read_json_body, resource_response
 from salus.fhir.outcome import FhirError, Issue, operation_outcome
 from salus.fhir.subset import check_summary, subset, wants_subset
 from salus.fhir.validate import validate
@@ -259,7 +259,7 @@ class RestApi:
             ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype != "application/x-www-form-urlencoded":
                 raise FhirError.of(415, "not-supported", "POST _search needs application/x-www-form-urlencoded")
-            form = [(k, v) for k, v in (await request.form()).multi_items() if isinstance(v, str)]
+            form = await read_form(request, self.settings.max_body_bytes)
         params = self.search_params(request, form)
         compartment = None
         if "compartment_id" in request.path_params:
