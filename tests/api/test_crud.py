@@ -121,6 +121,8 @@ def test_format_negotiation_and_pretty(client: TestClient) -> None:
     pid = post(client, PATIENT).json()["id"]
     assert client.get(f"/fhir/Patient/{pid}", headers={"Accept": "application/fhir+xml"}).status_code == 406
     assert client.get(f"/fhir/Patient/{pid}?_format=xml").status_code == 406
+    assert client.get(f"/fhir/Patient/{pid}?_format=application/fhir+json").status_code == 200
+    assert client.get(f"/fhir/Patient/{pid}?_format=application/fhir%2Bjson").status_code == 200
     r = client.get(f"/fhir/Patient/{pid}?_format=json")
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/fhir+json")
     r = client.get(f"/fhir/Patient/{pid}", headers={"Accept": "application/json"})

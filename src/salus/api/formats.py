@@ -28,7 +28,8 @@ def negotiate(request: Request) -> str:
     """The response media type; 406 for XML (not supported yet) or anything else we cannot produce."""
     fmt = request.query_params.get("_format")
     if fmt:
-        base = fmt.split(";")[0].strip().lower()
+        # an unencoded "+" in the query string arrives as a space: application/fhir+json
+        base = fmt.split(";")[0].strip().lower().replace(" ", "+")
         if base in JSON_TYPES:
             return FHIR_JSON if base != "application/json" else "application/json"
         raise FhirError.of(406, "not-supported", f"_format {fmt!r} is not supported: this server speaks FHIR JSON only")
