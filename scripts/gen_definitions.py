@@ -243,7 +243,9 @@ def main() -> None:
             if r["kind"] == "resource" and r["url"] != f"http://hl7.org/fhir/StructureDefinition/{r['type']}":
                 continue
             sds.append(r)
-        elif rt == "SearchParameter" and r.get("base"):
+        elif rt == "SearchParameter" and r.get("base") and not str(r.get("id", "")).startswith("example"):
+            # the package also holds the spec's example SearchParameters; example-reference would replace the
+            # real Condition.subject (target Organization only) and example-extension add Patient.part-agree
             sps.append(r)
         elif rt == "ValueSet":
             valuesets[r["url"]] = r

@@ -59,8 +59,9 @@ def _truncate(store: Store) -> None:
     with store.transaction() as tx:
         tx.query(
             "TRUNCATE resources, resource_versions, idx_string, idx_token, idx_reference, idx_date, "
-            "idx_number, idx_quantity, idx_uri, refs RESTART IDENTITY"
+            "idx_number, idx_quantity, idx_uri, refs, search_param_state RESTART IDENTITY"
         )
+        tx.query("DELETE FROM salus_meta WHERE key = 'search_params_version'")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

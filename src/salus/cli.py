@@ -1,4 +1,4 @@
-"""The ``salus`` command line: serve, demo, import, export, db upgrade.
+"""The ``salus`` command line: serve, demo, import, export, reindex, db upgrade.
 
 The command-line contract is stable (scripts rely on it): see ``salus --help``
 and docs/cli.md.
@@ -183,6 +183,41 @@ def export(
         for h in handles.values():
             h.close()  # type: ignore[attr-defined]
     console.print(f"exported {n} resources to {out}")
+
+
+@app.command()
+def reindex(
+    type_: Annotated[list[str] | None, typer.Option("--type", "-t", help="Only these resource types (repeatable).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Rebuild the search index, so SearchParameters added or changed on the server cover every resource."""
+    import time
+
+    from salus.fhir.outcome import FhirError
+
+    settings = _settings(data_dir)
+    service = _service(settings)
+    start = time.perf_counter()
+    try:
+        with _progress() as progress:
+            task = progress.add_task("reindex", total=None)
+            report = service.reindex(
+                type_, progress=lambda done, total: progress.update(task, completed=done, total=total)
+            )
+    except FhirError as err:
+        console.print(f"[red]{err.message}[/]")
+        raise typer.Exit(2) from err
+    table = Table(title="Reindexed")
+    table.add_column("resource type")
+    table.add_column("count", justify="right")
+    for t, n in sorted(report.counts.items()):
+        table.add_row(t, str(n))
+    console.print(table)
+    console.print(f"{report.total} resources reindexed in {time.perf_counter() - start:.1f} s")
+    for name in report.ready:
+        console.print(f"  [green]ready[/] {name}")
+    for name in report.pending:
+        console.print(f"  [yellow]still pending[/] {name}")
 
 
 @db_app.command("upgrade")

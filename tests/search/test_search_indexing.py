@@ -181,21 +181,34 @@ def test_period_and_timing() -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (100, (99.5, 100.5)),
-        (100.0, (99.95, 100.05)),
-        (Decimal("1.50"), (1.495, 1.505)),  # Decimal keeps the trailing zero a float loses
-        (0.25, (0.245, 0.255)),
-        (Decimal("1E+2"), (50.0, 150.0)),
-        ("12", (11.5, 12.5)),
+        (100, (100.0, 100.0)),
+        (100.0, (100.0, 100.0)),
+        (Decimal("1.50"), (1.5, 1.5)),
+        (0.25, (0.25, 0.25)),
+        ("12", (12.0, 12.0)),
         (True, None),
         ("abc", None),
         (float("nan"), None),
     ],
 )
-def test_number_precision(value: Any, expected: tuple[float, float] | None) -> None:
-    """The range of the value's own precision: half a unit of its last digit either side."""
-    got = number.value_range(value)
-    assert got == expected if expected is None or got is None else got == pytest.approx(expected)
+def test_number_stored_exactly(value: Any, expected: tuple[float, float] | None) -> None:
+    """A stored number is the value itself: the precision belongs to the search value (R4 3.1.1.4.6)."""
+    assert number.value_range(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (Decimal("100"), (99.5, 100.5)),
+        (Decimal("100.0"), (99.95, 100.05)),
+        (Decimal("1.50"), (1.495, 1.505)),  # Decimal keeps the trailing zero a float loses
+        (Decimal("0.25"), (0.245, 0.255)),
+        (Decimal("1E+2"), (50.0, 150.0)),
+    ],
+)
+def test_search_value_precision(value: Decimal, expected: tuple[float, float]) -> None:
+    """A search value's implicit range: half a unit of its last digit either side."""
+    assert number.precision_range(value) == pytest.approx(expected)
 
 
 def test_quantities() -> None:
@@ -203,14 +216,14 @@ def test_quantities() -> None:
     q = {"value": 5.4, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}
     # UCUM units also get a row in canonical units (grams), under the marker system
     assert quantity.extract(q, "Quantity") == [
-        ("http://unitsofmeasure.org", "mg", pytest.approx(5.35), pytest.approx(5.45)),
-        ("urn:salus:ucum-canonical", "g", pytest.approx(0.00535), pytest.approx(0.00545)),
+        ("http://unitsofmeasure.org", "mg", 5.4, 5.4),
+        ("urn:salus:ucum-canonical", "g", pytest.approx(0.0054), pytest.approx(0.0054)),
     ]
-    assert quantity.extract({"value": 3, "unit": "tablets"}, "Quantity") == [(None, "tablets", 2.5, 3.5)]
-    assert quantity.extract({"value": 3, "comparator": ">=", "code": "a"}, "Age") == [(None, "a", 2.5, float("inf"))]
+    assert quantity.extract({"value": 3, "unit": "tablets"}, "Quantity") == [(None, "tablets", 3.0, 3.0)]
+    assert quantity.extract({"value": 3, "comparator": ">=", "code": "a"}, "Age") == [(None, "a", 3.0, float("inf"))]
     rng = {"low": {"value": 1, "code": "kg", "system": "s"}, "high": {"value": 2, "code": "kg", "system": "s"}}
-    assert quantity.extract(rng, "Range") == [("s", "kg", 0.5, 2.5)]
-    assert quantity.extract({"value": 10, "currency": "EUR"}, "Money") == [(quantity.CURRENCY_SYSTEM, "EUR", 9.5, 10.5)]
+    assert quantity.extract(rng, "Range") == [("s", "kg", 1.0, 2.0)]
+    assert quantity.extract({"value": 10, "currency": "EUR"}, "Money") == [(quantity.CURRENCY_SYSTEM, "EUR", 10.0, 10.0)]
     assert quantity.extract({"origin": {"value": 0}, "period": 1, "dimensions": 1}, "SampledData") == []
 
 
@@ -243,8 +256,8 @@ def test_composite_groups() -> None:
         ("component-code-value-quantity#0", 2, "http://loinc.org", "8462-4", None),
     ]
     assert qty == [
-        ("component-code-value-quantity#1", 1, "http://unitsofmeasure.org", "mm[Hg]", 119.5, 120.5),
-        ("component-code-value-quantity#1", 2, "http://unitsofmeasure.org", "mm[Hg]", 79.5, 80.5),
+        ("component-code-value-quantity#1", 1, "http://unitsofmeasure.org", "mm[Hg]", 120.0, 120.0),
+        ("component-code-value-quantity#1", 2, "http://unitsofmeasure.org", "mm[Hg]", 80.0, 80.0),
     ]
     # the Observation itself has no value: its code-value-quantity group would be incomplete, so none
     assert not any(r[0].startswith("code-value-quantity#") for r in idx["idx_token"])

@@ -184,8 +184,8 @@ def test_last_updated(db: Db, query: str, expected: set[str]) -> None:
     assert ids(db, "Patient", query) == expected
 
 
-# RiskAssessment.prediction.probability ranges: ra1 0.25 -> [0.245, 0.255]; ra2 0.3 -> [0.25, 0.35];
-# ra3 Range 0.1..0.2 -> [0.05, 0.25]; ra4 100 -> [99.5, 100.5]
+# RiskAssessment.prediction.probability: ra1 0.25, ra2 0.3, ra3 Range 0.1..0.2, ra4 100; stored values are exact,
+# the search value has the implicit range of its digits for eq/ne/ap, and is exact for gt lt ge le sa eb
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
@@ -198,18 +198,19 @@ def test_last_updated(db: Db, query: str, expected: set[str]) -> None:
         ("probability=ge0.25", {"ra1", "ra2", "ra4"}),
         ("probability=le0.25", {"ra1", "ra3"}),
         ("probability=ne0.25", {"ra2", "ra3", "ra4"}),
-        ("probability=sa0.25", {"ra4"}),
+        ("probability=sa0.25", {"ra2", "ra4"}),  # 0.3 starts after exactly 0.25
+        ("probability=gt0.30", {"ra4"}),  # 0.3 is not greater than 0.30, whatever the precision
+        ("probability=lt0.26", {"ra1", "ra3"}),
         ("probability=eb0.5", {"ra1", "ra2", "ra3"}),
         ("probability=ap100", {"ra4"}),
     ],
 )
 def test_number(db: Db, query: str, expected: set[str]) -> None:
-    """Number: the search value's precision range, prefixes on stored ranges."""
+    """Number: eq/ne/ap use the search value's implicit range; gt lt ge le sa eb compare exactly."""
     assert ids(db, "RiskAssessment", query) == expected
 
 
-# value-quantity: o1 180 cm [179.5, 180.5]; o2 175.5 cm [175.45, 175.55]; o3 70 kg [69.5, 70.5];
-# o5 <120 mm[Hg] [-inf, 120.5]; o6 100.0 cm [99.95, 100.05]
+# value-quantity: o1 180 cm; o2 175.5 cm; o3 70 kg; o5 <120 mm[Hg] (-inf..120); o6 100.0 cm
 @pytest.mark.parametrize(
     ("query", "expected"),
     [

@@ -14,6 +14,7 @@ from starlette.routing import Route
 from salus.api.capability import capability_statement
 from salus.api.formats import FHIR_JSON, dumps, negotiate, outcome_response
 from salus.api.openapi import api_docs, openapi_endpoint
+from salus.api.operations import Operations
 from salus.api.rest import RestApi
 from salus.config import Settings
 from salus.fhir.outcome import FhirError
@@ -29,12 +30,15 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     if service is None:
         service = FhirService(open_store(settings.effective_database_url, pool_size=settings.pool_size), settings)
     api = RestApi(service)
+    ops = Operations(api)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     b = settings.base_path
 
     async def metadata(request: Request) -> Response:
         media = negotiate(request)
-        return Response(dumps(capability_statement(api.base_url(request), started), request), media_type=media)
+        with api.service.search_parameters.active():  # it lists the custom parameters too
+            cs = capability_statement(api.base_url(request), started)
+        return Response(dumps(cs, request), media_type=media)
 
     async def not_allowed(request: Request) -> Response:
         raise FhirError.of(405, "not-supported", f"{request.method} is not allowed on {request.url.path}")
@@ -53,6 +57,9 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
         Route(f"{b}/", api.bundle, methods=["POST"]),
         Route(f"{b}/_search", api.search, methods=["POST"]),
         Route(f"{b}/_history", api.history, methods=["GET"]),
+        Route(f"{b}/$reindex", ops.reindex, methods=["POST"]),
+        # else the generic {type} and {type}/{id} routes would answer them as an unknown type or id
+        Route(f"{b}/$reindex", not_allowed, methods=["GET", "PUT", "DELETE", "PATCH"]),
         Route(f"{b}/{{type}}", api.search, methods=["GET"]),
         Route(f"{b}/{{type}}", api.create, methods=["POST"]),
         Route(f"{b}/{{type}}", api.conditional_update, methods=["PUT"]),
@@ -61,11 +68,14 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
         Route(f"{b}/{{type}}/_search", api.search, methods=["POST"]),
         Route(f"{b}/{{type}}/_history", api.history, methods=["GET"]),
         Route(f"{b}/{{type}}/$validate", api.validate_op, methods=["POST"]),
+        Route(f"{b}/{{type}}/$reindex", ops.reindex, methods=["POST"]),
+        Route(f"{b}/{{type}}/$reindex", not_allowed, methods=["GET", "PUT", "DELETE", "PATCH"]),
         Route(f"{b}/{{type}}/{{id}}", api.read, methods=["GET"]),
         Route(f"{b}/{{type}}/{{id}}", api.update, methods=["PUT"]),
         Route(f"{b}/{{type}}/{{id}}", api.patch, methods=["PATCH"]),
         Route(f"{b}/{{type}}/{{id}}", api.delete, methods=["DELETE"]),
         Route(f"{b}/{{type}}/{{id}}/$validate", api.validate_op, methods=["GET", "POST"]),
+        Route(f"{b}/{{type}}/{{id}}/$reindex", ops.reindex, methods=["POST"]),
         Route(f"{b}/{{type}}/{{id}}/_history", api.history, methods=["GET"]),
         Route(f"{b}/{{type}}/{{id}}/_history/{{vid}}", api.vread, methods=["GET"]),
         Route(f"{b}/{{compartment_type}}/{{compartment_id}}/{{type}}", api.search, methods=["GET"]),

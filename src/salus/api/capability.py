@@ -5,22 +5,33 @@ from __future__ import annotations
 from typing import Any
 
 from salus import __version__
-from salus.fhir.definitions import r4, search_parameters
+from salus.fhir.definitions import r4
+from salus.search.registry import current, search_parameters
 
 INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"]
 # the parameter types the search compiler implements (special ones, such as near, are not)
 SUPPORTED_PARAM_TYPES = {"string", "token", "reference", "date", "number", "quantity", "uri", "composite"}
+# Salus's own operation (R4 defines none for reindexing); docs/search.md describes it
+REINDEX = {"name": "reindex", "definition": "http://salus.example.org/fhir/OperationDefinition/reindex"}
+NOT_INDEXED_YET = "Not indexed yet: searches leave it out (400 with Prefer: handling=strict) until $reindex finishes"
 
 
 def capability_statement(base_url: str, software_date: str) -> dict[str, Any]:
-    """The server's CapabilityStatement (R4), listing every resource type and the search parameters really indexed."""
+    """The server's CapabilityStatement (R4), listing every resource type and the search parameters really indexed.
+
+    Custom parameters (SearchParameter resources stored here) are those in force in the caller's context.
+    """
     resources = []
+    overlay = current()
     for t in r4()["resourceTypes"]:
         params = [
             {"name": code, "definition": p["url"], "type": p["type"]}
             for code, p in sorted(search_parameters(t).items())
             if p["type"] in SUPPORTED_PARAM_TYPES and (p.get("expression") or code == "_id")
         ]
+        for param in params:
+            if overlay.is_pending((t,), param["name"]):
+                param["documentation"] = NOT_INDEXED_YET
         resources.append({
             "type": t,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{t}",
@@ -34,7 +45,9 @@ def capability_statement(base_url: str, software_date: str) -> dict[str, Any]:
             "conditionalDelete": "single",
             "referencePolicy": ["literal", "local"],
             "searchParam": params,
-            "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
+            "operation": [
+                {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}, REINDEX,
+            ],
         })
     return {
         "resourceType": "CapabilityStatement",
@@ -57,5 +70,6 @@ def capability_statement(base_url: str, software_date: str) -> dict[str, Any]:
                 {"name": "_id", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id", "type": "token"},
                 {"name": "_lastUpdated", "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated", "type": "date"},
             ],
+            "operation": [REINDEX],
         }],
     }

@@ -177,6 +177,8 @@ def _responses() -> dict[str, dict[str, Any]]:
     out["Error"] = {"description": "Any other error, as an OperationOutcome", "content": _content("OperationOutcome")}
     out["Bundle"] = {"description": "A Bundle", "content": _content("Bundle")}
     out["Outcome"] = {"description": "An OperationOutcome", "content": _content("OperationOutcome")}
+    out["Reindexed"] = {"description": "Parameters: reindexed (the count), a type part per resource type, and the "
+                        "search parameters now ready or still pending", "content": _content("Parameters")}
     out["Deleted"] = {"description": "Deleted (or nothing matched)", "headers": {"ETag": _ref("headers", "ETag")}}
     out["NotModified"] = {"description": "Not modified since the given version or date",
                           "headers": {"ETag": _ref("headers", "ETag")}}
@@ -233,6 +235,8 @@ HISTORY = ("_since", "_at", "_count", "_cursor")
 SEARCH_NOTE = ("Search parameters take the modifiers and prefixes of FHIR search (e.g. name:exact=, "
                "birthdate=ge1970, subject.name=, _has:...); unknown ones are ignored with a warning "
                "unless Prefer: handling=strict.")
+REINDEX_NOTE = ("Rewrites the index rows of the current resources in batches, then marks the SearchParameters that "
+                "were pending ready. Answers when done: on a large system run `salus reindex` instead.")
 
 
 def _type_components(t: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -308,6 +312,15 @@ def _type_paths(t: str, search_refs: list[dict[str, Any]]) -> dict[str, dict[str
                         {"200": _ref("responses", "Outcome")}, (400, 404, 406, 413, 415),
                         _p("validate.mode", *FMT), validate_body),
         },
+        f"/{t}/$reindex": {
+            "post": _op(f"reindex{t}", f"Rebuild the search index of every {t} ($reindex)", t,
+                        {"200": _ref("responses", "Reindexed")}, (400, 406), _p(*FMT), description=REINDEX_NOTE),
+        },
+        f"/{t}/{{id}}/$reindex": {
+            "parameters": _p("id"),
+            "post": _op(f"reindex{t}Instance", f"Rebuild the search index of one {t} ($reindex)", t,
+                        {"200": _ref("responses", "Reindexed")}, (400, 404, 406, 410), _p(*FMT)),
+        },
         f"/{t}/{{id}}/_history": {
             "parameters": _p("id"),
             "get": _op(f"history{t}Instance", f"History of a {t}", t, bundle, (400, 404, 406), _p(*HISTORY, *FMT)),
@@ -340,6 +353,10 @@ def _system_paths() -> dict[str, dict[str, Any]]:
         },
         "/_history": {"get": _op("historySystem", "History of every resource", "System", bundle, (400, 406),
                                  _p(*HISTORY, *FMT))},
+        "/$reindex": {"post": _op("reindexSystem", "Rebuild the search index ($reindex)", "System",
+                                  {"200": _ref("responses", "Reindexed")}, (400, 406, 415), _p(*FMT),
+                                  {"required": False, "description": "Parameters naming the types (type, repeatable)",
+                                   "content": _content("Parameters")}, REINDEX_NOTE)},
         "/openapi.json": {"get": _op("openapi", "This OpenAPI description", "System",
                                      {"200": {"description": "The OpenAPI document",
                                               "content": {"application/json": {"schema": {"type": "object"}}}}})},

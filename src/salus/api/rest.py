@@ -20,7 +20,7 @@ from salus.fhir.outcome import FhirError, Issue, operation_outcome
 from salus.fhir.subset import check_summary, subset, wants_subset
 from salus.fhir.validate import validate
 from salus.search.engine import SearchResult
-from salus.service import FhirService, WriteResult
+from salus.service import FhirService, WriteResult, search_issues
 from salus.service.transaction import process_bundle
 from salus.store import StoredVersion
 
@@ -319,12 +319,8 @@ class RestApi:
             {"fullUrl": f"{base}/{rt}/{rid}", "resource": orjson.Fragment(body), "search": {"mode": "include"}}
             for rt, rid, body in result.included
         ]
-        if result.unknown:
-            oo = operation_outcome([
-                Issue("not-supported", f"Unknown or unsupported search parameter {name!r} was ignored", severity="warning")
-                for name in result.unknown
-            ])
-            entries.append({"resource": oo, "search": {"mode": "outcome"}})
+        if issues := search_issues(result):
+            entries.append({"resource": operation_outcome(issues), "search": {"mode": "outcome"}})
         bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
         if result.total is not None:
             bundle["total"] = result.total

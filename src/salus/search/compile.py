@@ -50,7 +50,7 @@ from salus.search.sql import (
     render,
 )
 from salus.search.tree import Clause, CompositeValue, Include, Missing, SearchQuery, SortKey
-from salus.search.types import date
+from salus.search.types import date, ucum
 from salus.search.types.composite import component_param
 
 R = "r"
@@ -293,14 +293,15 @@ def _sort_key(key: SortKey) -> Order:
         return Order(Col("last_updated", R), key.descending)
     module = MODULES[p.type]
     col = module.sort_column()
-    if module is date and key.descending:
-        col = "high"  # latest first: by where each value ends
+    if key.descending and p.type in ("date", "number", "quantity"):
+        col = "high"  # a range sorts by its start going up and by its end going down
     agg = "MAX" if key.descending else "MIN"
-    sub = Select(
-        (Func(agg, (Col(col, "s"),)),),
-        Table(module.TABLE, "s"),
-        where=and_(Cmp(Col("rid", "s"), "=", Col("rid", R)), eq("param", p.code, "s")),
-    )
+    rows: list[Expr] = [Cmp(Col("rid", "s"), "=", Col("rid", R)), eq("param", p.code, "s")]
+    if p.type == "quantity":
+        # by the values as written: a minimum over them and their canonical copies would mix units
+        system = Col("system", "s")
+        rows.append(or_(IsNull(system), Cmp(system, "<>", Param(ucum.CANONICAL_SYSTEM))))
+    sub = Select((Func(agg, (Col(col, "s"),)),), Table(module.TABLE, "s"), where=and_(*rows))
     return Order(Scalar(sub), key.descending)
 
 

@@ -19,6 +19,7 @@ import orjson
 from salus.fhir.outcome import FhirError, Issue
 from salus.search import compile as c
 from salus.search.parse import parse_query
+from salus.search.registry import pending_issue
 from salus.search.tree import SearchQuery
 from salus.search.valuesets import resolve_modifiers
 
@@ -52,6 +53,7 @@ class SearchResult:
     has_next: bool = False
     applied: list[tuple[str, str]] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # left out: not indexed yet
     summary: str | None = None
     elements: list[str] | None = None
     next_cursor: str | None = None
@@ -86,13 +88,14 @@ def _run(db: Queryable, node: Any) -> list[tuple[Any, ...]]:
 
 
 def _reject_unknown(q: SearchQuery) -> None:
-    if q.unknown:
+    if q.unknown or q.pending:
         raise FhirError(
             400,
             [
                 Issue("not-supported", f"Unknown or unsupported search parameter '{name}'", expression=name)
                 for name in q.unknown
-            ],
+            ]
+            + [pending_issue(name, strict=True) for name in q.pending],
         )
 
 
@@ -126,7 +129,9 @@ def run_search(
     size = max(0, min(size, MAX_COUNT))
     offset = max(0, offset)
     filt = c.where(q, compartment)
-    result = SearchResult([], applied=q.applied, unknown=q.unknown, summary=q.summary, elements=q.elements)
+    result = SearchResult(
+        [], applied=q.applied, unknown=q.unknown, pending=q.pending, summary=q.summary, elements=q.elements
+    )
     if count_only or q.summary == "count" or size == 0:
         result.total = int(_run(db, c.count_select(filt))[0][0])
         return result

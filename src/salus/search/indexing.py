@@ -2,7 +2,8 @@
 
 ``index_rows(resource)`` maps each ``idx_*`` table to rows ``(param, grp, *values)``;
 the store prepends ``rid`` and ``res_type``. For each parameter with an
-expression, a plan is compiled once per resource type: the fast path
+expression, a plan is compiled once per resource type (and per set of custom
+parameters in force, ``salus.search.registry``): the fast path
 (``salus.search.paths``, a typed walk over the JSON dict) when the expression
 is a plain path, else fhirpathpy behind a cheap check that the resource has
 one of the top-level elements the expression can reach. Values go through the
@@ -21,13 +22,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 from types import ModuleType
 from typing import Any
 
-from salus.fhir.definitions import is_resource_type, search_parameters
+from salus.fhir.definitions import is_resource_type
 from salus.fhir.fhirpath import compiled
 from salus.search.paths import Program, Typed, compile_expression, compile_relative, top_level_keys
+from salus.search.registry import EMPTY, Overlay, in_force
 from salus.search.types import composite, fits, reference, token
 from salus.search.types.registry import MODULES
 
@@ -112,19 +114,21 @@ def _plan(resource_type: str, code: str, p: dict[str, Any]) -> ParamPlan | None:
     return ParamPlan(code, kind, MODULES[kind], None, fp, pre, resolve, keys=pre)
 
 
-@cache
-def plans(resource_type: str) -> tuple[ParamPlan, ...]:
+# keyed by the custom parameters in force on the type too (an Overlay, hashed by content): a new
+# SearchParameter gives new plans, and types it does not touch keep theirs
+@lru_cache(maxsize=1024)
+def plans(resource_type: str, overlay: Overlay = EMPTY) -> tuple[ParamPlan, ...]:
     """The compiled plans of every indexed search parameter of ``resource_type`` (cached)."""
     out = []
-    for code, p in search_parameters(resource_type).items():
+    for code, p in overlay.search_parameters(resource_type).items():
         plan = _plan(resource_type, code, p)
         if plan is not None:
             out.append(plan)
     return tuple(out)
 
 
-@cache
-def _dispatch(resource_type: str) -> tuple[dict[str, tuple[int, ...]], tuple[int, ...]]:
+@lru_cache(maxsize=1024)
+def _dispatch(resource_type: str, overlay: Overlay = EMPTY) -> tuple[dict[str, tuple[int, ...]], tuple[int, ...]]:
     """For each top-level key, the plans that may find values under it; and plans always evaluated.
 
     A resource has a dozen keys and its type some fifty parameters: looking plans
@@ -132,7 +136,7 @@ def _dispatch(resource_type: str) -> tuple[dict[str, tuple[int, ...]], tuple[int
     """
     by_key: dict[str, list[int]] = {}
     always: list[int] = []
-    for i, plan in enumerate(plans(resource_type)):
+    for i, plan in enumerate(plans(resource_type, overlay)):
         if plan.keys is None:
             always.append(i)
         for k in plan.keys or ():
@@ -167,8 +171,9 @@ def index_rows(resource: dict[str, Any]) -> dict[str, list[tuple[Any, ...]]]:
             rows = memo[key] = module.extract(v, t) if fits(v, t) else []
         return rows
 
-    all_plans = plans(resource_type)
-    by_key, always = _dispatch(resource_type)
+    overlay = in_force(resource_type)
+    all_plans = plans(resource_type, overlay)
+    by_key, always = _dispatch(resource_type, overlay)
     selected = set(always)
     for k in resource:
         ids = by_key.get(k)

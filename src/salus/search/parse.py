@@ -10,9 +10,10 @@ report (lenient) or reject (strict), as R4 search 3.1.1.3 asks. Chains
 
 from __future__ import annotations
 
-from functools import cache
+from functools import lru_cache
 
-from salus.fhir.definitions import is_resource_type, search_parameters
+from salus.fhir.definitions import is_resource_type
+from salus.search.registry import Overlay, current, in_force, search_parameters
 from salus.search.tree import Clause, CompositeValue, Include, Link, Missing, ParamDef, SearchQuery, SortKey, Value
 from salus.search.types import invalid, split_unescaped, token
 from salus.search.types.composite import component_param
@@ -29,13 +30,17 @@ TOTAL = frozenset({"none", "estimate", "accurate"})
 SORTABLE = frozenset({"string", "token", "date", "number", "quantity", "uri"})
 
 
-@cache
 def known_parameters(resource_types: tuple[str, ...] | None) -> dict[str, ParamDef]:
     """The parameters a search over ``resource_types`` understands (those common to all of them)."""
+    return _known_parameters(resource_types, in_force(resource_types))
+
+
+@lru_cache(maxsize=4096)
+def _known_parameters(resource_types: tuple[str, ...] | None, overlay: Overlay) -> dict[str, ParamDef]:
     if resource_types is None:
-        defs = {code: ParamDef.of(code, d) for code, d in search_parameters("Resource").items()}
+        defs = {code: ParamDef.of(code, d) for code, d in overlay.search_parameters("Resource").items()}
     else:
-        per_type = [search_parameters(t) for t in resource_types]
+        per_type = [overlay.search_parameters(t) for t in resource_types]
         first = per_type[0]
         defs = {
             code: ParamDef.of(code, d)
@@ -76,6 +81,8 @@ def parse_query(resource_type: str | None, query: list[tuple[str, str]]) -> Sear
             clause = _clause(types, name, value)
             if clause is None:
                 q.unknown.append(name)
+            elif _not_indexed(clause):
+                q.pending.append(name)
             else:
                 q.clauses.append(clause)
                 q.applied.append((name, value))
@@ -83,6 +90,14 @@ def parse_query(resource_type: str | None, query: list[tuple[str, str]]) -> Sear
 
 
 _RESULT = frozenset({"_count", "_sort", "_include", "_revinclude", "_summary", "_elements", "_total"})
+
+
+def _not_indexed(clause: Clause) -> bool:
+    """Whether the clause, or a link of its chain, uses a parameter whose index is still being built."""
+    overlay = current()
+    return overlay.is_pending(clause.resource_types, clause.param.code.removesuffix(":identifier")) or any(
+        overlay.is_pending(link.source_types, link.param.code) for link in clause.chain
+    )
 
 
 def _resolve_name(
@@ -236,11 +251,18 @@ def _result_parameter(q: SearchQuery, name: str, value: str, types: tuple[str, .
                 raise invalid(
                     name, f"Sorting on the {param.type} parameter '{pcode}' is not supported", "not-supported"
                 )
+            if current().is_pending(types, pcode):
+                q.pending.append(pcode)  # an order over some of the resources only would be a wrong order
+                continue
             q.sort.append(SortKey(param, desc))
     elif code in ("_include", "_revinclude"):
         if modifier not in ("", "iterate"):
             raise invalid(name, f"Unknown modifier ':{modifier}' on {code}")
-        q.includes.append(_include(name, value, reverse=code == "_revinclude", iterate=modifier == "iterate"))
+        include = _include(name, value, reverse=code == "_revinclude", iterate=modifier == "iterate")
+        if current().is_pending((include.source_type,), include.param):
+            q.pending.append(name)
+            return
+        q.includes.append(include)
     elif code == "_summary":
         if value not in SUMMARY:
             raise invalid(name, f"_summary must be one of {', '.join(sorted(SUMMARY))}, not '{value}'")

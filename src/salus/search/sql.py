@@ -70,14 +70,6 @@ class Unindexed(Expr):
 
 
 @dataclass(frozen=True, slots=True)
-class Add(Expr):
-    """``(left + right)``, for the midpoint of a stored number range."""
-
-    left: Expr
-    right: Expr
-
-
-@dataclass(frozen=True, slots=True)
 class And(Expr):
     """Conjunction (true when empty)."""
 
@@ -326,12 +318,6 @@ class Generator:
             self._expr(e.left, out)
             w(f" {e.op} ")
             self._expr(e.right, out)
-        elif isinstance(e, Add):
-            w("(")
-            self._expr(e.left, out)
-            w(" + ")
-            self._expr(e.right, out)
-            w(")")
         elif isinstance(e, And | Or):
             if not e.items:
                 w("1 = 1" if isinstance(e, And) else "1 = 0")

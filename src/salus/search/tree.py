@@ -191,3 +191,5 @@ class SearchQuery:
     total: str | None = None
     applied: list[tuple[str, str]] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
+    # defined, but their index is still being built (salus.search.registry): left out like unknown ones
+    pending: list[str] = field(default_factory=list)

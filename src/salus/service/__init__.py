@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
 import jsonpatch
@@ -28,9 +28,13 @@ from salus.fhir.refs import is_valid_id, targets_in_json
 from salus.fhir.validate import validate_or_raise
 from salus.search.engine import SearchResult, match_ids, run_search
 from salus.search.indexing import index_rows
+from salus.search.registry import Overlay, SearchParameterRegistry, in_force, pending_issue
 from salus.service.fhirpath_patch import apply_fhirpath_patch
 from salus.store import Store, StoredVersion, Transaction
 from salus.store.base import IndexRows, NewResource
+
+if TYPE_CHECKING:
+    from salus.service.reindex import ReindexReport
 
 T = TypeVar("T")
 
@@ -88,6 +92,8 @@ class FhirService:
         self._clock_lock = threading.Lock()
         self._last_ts = datetime.min.replace(tzinfo=UTC)
         self._pending = threading.local()
+        self.search_parameters = SearchParameterRegistry(store)
+        self.events.subscribe(self._search_parameter_changed)
 
     # ---- plumbing ------------------------------------------------------------------
 
@@ -108,7 +114,8 @@ class FhirService:
             raise RuntimeError("nested service transactions are not supported")
         self._pending.events = []
         try:
-            with self.store.transaction() as tx:
+            # the parameters in force are read inside the transaction: rows are never extracted for stale ones
+            with self.store.transaction() as tx, self.search_parameters.active(self.search_parameters.sync(tx)):
                 yield tx
             events = self._pending.events
         finally:
@@ -192,10 +199,11 @@ class FhirService:
         """Run a FHIR search at type (or system, with ``res_type=None``) level."""
         if res_type is not None:
             self.check_type(res_type)
-        return run_search(
-            tx or self.store, res_type, query, count=self.page_size(count), offset=offset, strict=strict,
-            compartment=compartment, cursor=cursor,
-        )
+        with self.search_parameters.active():
+            return run_search(
+                tx or self.store, res_type, query, count=self.page_size(count), offset=offset, strict=strict,
+                compartment=compartment, cursor=cursor,
+            )
 
     # ---- writes ------------------------------------------------------------------------
 
@@ -243,6 +251,9 @@ class FhirService:
         version = (current.version + 1) if current else 1
         stamp = db_instant(self.now())
         body: str | None = None
+        if res_type == "SearchParameter":
+            # before the write, so that an unusable definition (422) rolls it back
+            self.search_parameters.apply(tx, res_id, resource, stamp)
         if resource is not None:
             body, rows, targets = self._render(res_type, res_id, version, stamp, resource, rows=rows)
             if check_refs:
@@ -282,6 +293,31 @@ class FhirService:
         if pending is not None:
             pending.append(ResourceChanged(res_type, res_id, version, method, body))
 
+    def _index_rows(self, resource: dict[str, Any]) -> tuple[IndexRows, Overlay]:
+        """Index rows extracted before the write lock, with the search parameters they were extracted for."""
+        with self.search_parameters.active() as overlay:
+            return index_rows(resource), overlay
+
+    @staticmethod
+    def _unless_stale(early: tuple[IndexRows, Overlay], res_type: str) -> IndexRows | None:
+        """The early rows, or None (extract again) if the transaction found a SearchParameter changed since."""
+        rows, overlay = early
+        return rows if in_force(res_type) == overlay.narrow((res_type,)) else None
+
+    def _search_parameter_changed(self, event: ResourceChanged) -> None:
+        # this process's next search sees the change at once, not when the registry's cache expires
+        if event.res_type == "SearchParameter":
+            self.search_parameters.invalidate()
+
+    def reindex(
+        self, types: Sequence[str] | None = None, res_id: str | None = None, *, batch: int = 500,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> ReindexReport:
+        """Rebuild the index rows of the current resources of ``types`` (None: every type), or of one resource."""
+        from salus.service.reindex import reindex  # it calls back into this service
+
+        return reindex(self, types, res_id, batch=batch, progress=progress)
+
     def _lock_and_match(self, tx: Transaction, res_type: str, query: str) -> list[tuple[str, int]]:
         pairs = canonical_query(query)
         if not pairs:
@@ -296,7 +332,7 @@ class FhirService:
         """Create with a server-assigned id; with ``If-None-Exist``, return the match instead (200), 412 if several."""
         self.check_type(res_type)
         resource = self._prepare(res_type, resource)
-        rows = index_rows(resource)  # outside the write lock: it is the costly part of a write
+        early = self._index_rows(resource)  # outside the write lock: it is the costly part of a write
 
         def work(t: Transaction) -> WriteResult:
             if if_none_exist:
@@ -306,6 +342,7 @@ class FhirService:
                 if matches:
                     return WriteResult(200, t.read(res_type, matches[0][0]))
             new_id = res_id or str(uuid.uuid4())
+            rows = self._unless_stale(early, res_type)
             written = self._write(t, res_type, new_id, resource, "POST", check_refs=check_refs, rows=rows)
             return WriteResult(201, written, created=True)
 
@@ -319,12 +356,13 @@ class FhirService:
         self.check_type(res_type)
         self.check_id(res_id)
         resource = self._prepare(res_type, resource, url_id=res_id)
-        rows = index_rows(resource)
+        early = self._index_rows(resource)
 
         def work(t: Transaction) -> WriteResult:
             current = t.current(res_type, res_id)
             check_if_match(if_match, current.version if current and not current.deleted else None, f"{res_type}/{res_id}")
             created = current is None or current.deleted
+            rows = self._unless_stale(early, res_type)
             written = self._write(t, res_type, res_id, resource, method, check_refs=check_refs, rows=rows)
             return WriteResult(201 if created else 200, written, created=created)
 
@@ -466,6 +504,8 @@ class FhirService:
             # new resources go in bulk (COPY on PostgreSQL); updates and repeats take the ordinary path
             tx.insert_new(fresh)
             for item in fresh:
+                if item.res_type == "SearchParameter":
+                    self.search_parameters.apply(tx, item.res_id, orjson.loads(item.body), item.last_updated)
                 self._changed(item.res_type, item.res_id, 1, "PUT", item.body)
             firsts = {(f.res_type, f.res_id) for f in fresh}
             for r in resources:
@@ -474,6 +514,14 @@ class FhirService:
                     firsts.discard(key)  # its first occurrence was inserted above
                     continue
                 self._write(tx, key[0], key[1], r, "PUT", check_refs=False)
+
+
+def search_issues(result: SearchResult) -> list[Issue]:
+    """The warnings a searchset carries: parameters left out because unknown, or because not indexed yet."""
+    return [
+        Issue("not-supported", f"Unknown or unsupported search parameter {name!r} was ignored", severity="warning")
+        for name in result.unknown
+    ] + [pending_issue(name, strict=False) for name in result.pending]
 
 
 def patch_kind(patch: Any) -> str:

@@ -19,9 +19,9 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from salus.fhir.definitions import is_resource_type
-from salus.fhir.outcome import FhirError, Issue
+from salus.fhir.outcome import FhirError, Issue, operation_outcome
 from salus.fhir.refs import rewrite_references, targets_in_json
-from salus.service import FhirService, WriteResult, fhir_instant
+from salus.service import FhirService, WriteResult, fhir_instant, search_issues
 from salus.store import StoredVersion, Transaction
 
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -290,4 +290,6 @@ def _get(service: FhirService, tx: Transaction | None, e: Entry, base_url: str) 
         {"fullUrl": f"{base_url}/{t}/{i}", "resource": orjson.Fragment(b), "search": {"mode": "match"}}
         for t, i, b in result.entries
     ]
+    if issues := search_issues(result):
+        bundle["entry"].append({"resource": operation_outcome(issues), "search": {"mode": "outcome"}})
     return {"resource": bundle, "response": {"status": "200 OK"}}

@@ -106,6 +106,10 @@ class Transaction(Queryable, Protocol):
         """Bulk-insert resources known not to exist (version 1 each), with their index rows."""
         ...
 
+    def replace_index(self, items: list[tuple[int, str, IndexRows]]) -> None:
+        """Replace the search index rows of current resources ``(rid, res_type, rows)`` (a reindex)."""
+        ...
+
 
 class Store(Queryable, Protocol):
     """The clinical data store: one of SQLite or PostgreSQL."""

@@ -91,6 +91,28 @@ class CursorOps:
             if rows:
                 self._bulk(table, index_columns(table), rows)
 
+    def replace_index(self, items: list[tuple[int, str, IndexRows]]) -> None:
+        """Replace the search index rows of current resources (a reindex): a few statements per batch, not per row.
+
+        ``refs`` stays: it holds every reference, whatever the search parameters say.
+        """
+        if not items:
+            return
+        tables = [t for t in INDEX_TABLES if t != "refs"]
+        for start in range(0, len(items), 500):
+            rids = [rid for rid, _, _ in items[start:start + 500]]
+            marks = ", ".join("?" * len(rids))
+            for table in tables:
+                self._execute(f"DELETE FROM {table} WHERE rid IN ({marks})", rids)
+        per_table: dict[str, list[tuple[Any, ...]]] = {t: [] for t in tables}
+        for rid, res_type, index in items:
+            for table, rows in index.items():
+                if table in per_table:
+                    per_table[table].extend((rid, res_type, *row) for row in rows)
+        for table, rows in per_table.items():
+            if rows:
+                self._bulk(table, index_columns(table), rows)
+
     def read(self, res_type: str, res_id: str) -> StoredVersion | None:
         """The current version of a resource (tombstone if deleted), or None."""
         row = self._execute(base.SQL_READ, (res_type, res_id)).fetchone()

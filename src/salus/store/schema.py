@@ -83,6 +83,20 @@ def ddl(dialect: str) -> list[str]:
         stmts.append(f"CREATE INDEX IF NOT EXISTS {table}_rid ON {table} (rid)")
         for i, key in enumerate(INDEX_KEYS[table]):
             stmts.append(f"CREATE INDEX IF NOT EXISTS {table}_k{i} ON {table} ({', '.join(key)})")
+    # custom search parameters (salus.search.registry): one row per (type, code) whose definition differs from
+    # R4's, with its index state; every process reads it, so a restart or another worker agrees on what is ready
+    stmts.append(
+        f"""CREATE TABLE IF NOT EXISTS search_param_state (
+            base TEXT NOT NULL,
+            code TEXT NOT NULL,
+            url TEXT NOT NULL,
+            sp_id TEXT,
+            definition TEXT,
+            state TEXT NOT NULL,
+            generation {t['I']} NOT NULL,
+            updated TEXT NOT NULL,
+            PRIMARY KEY (base, code))"""
+    )
     return stmts
 
 

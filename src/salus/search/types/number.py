@@ -1,9 +1,11 @@
-"""Number parameters: each value is the range its decimal precision implies, in ``idx_number(low, high)``.
+"""Number parameters: each value is stored as itself, ``idx_number(low, high)`` with ``low = high``.
 
-``100`` covers 99.5..100.5 and ``100.0`` covers 99.95..100.05 (R4 search 3.1.1.4.2).
-JSON numbers parsed as floats keep only the digits ``repr`` shows (``1.50``
-reads as ``1.5``); parse with ``Decimal`` to keep trailing zeros.
-A Range covers low.value..high.value (an open end is infinite).
+A Range is stored as low.value..high.value (an open end is infinite). The precision
+lives in the *search* value: ``100`` searches [99.5, 100.5) and ``100.0`` searches
+[99.95, 100.05) (R4 search 3.1.1.4.6). For ``gt lt ge le sa eb`` "the implicit
+precision of the number is ignored", so ``gt100`` is "greater than exactly 100".
+A stored value is exact for every prefix, which makes ``eq`` "the value lies in the
+search range" (the spec's examples) and sorts by the value itself.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from salus.search.sql import Add, Cmp, Col, Expr, Param, and_, or_
+from salus.search.sql import Cmp, Col, Expr, Param, and_, or_
 from salus.search.tree import NumberValue, ParamDef
 from salus.search.types import invalid, ranges, unescape
 
@@ -47,15 +49,15 @@ def precision_range(d: Decimal) -> tuple[float, float]:
 
 
 def value_range(v: Any) -> tuple[float, float] | None:
-    """The precision range of a JSON number, or None if it is not a finite number."""
+    """``(value, value)`` for a JSON number, or None if it is not a finite number."""
     if type(v) is int:
-        return v - 0.5, v + 0.5
+        return float(v), float(v)
     d = to_decimal(v)
-    return precision_range(d) if d is not None else None
+    return (float(d), float(d)) if d is not None else None
 
 
 def range_of(v: dict[str, Any]) -> tuple[float, float] | None:
-    """The span of a Range: from its low's lower bound to its high's upper bound."""
+    """The span of a Range: from its low to its high (R4: a Range is explicitly a range)."""
     lo, hi = v.get("low"), v.get("high")
     lo_r = value_range(lo.get("value")) if type(lo) is dict else None
     hi_r = value_range(hi.get("value")) if type(hi) is dict else None
@@ -91,27 +93,36 @@ def parse(raw: str, modifier: str | None, param: ParamDef) -> NumberValue:
 
 
 def condition_on(value: NumberValue, lo: Expr, hi: Expr) -> Expr:
-    """The predicate for one number over stored ranges.
+    """The predicate for one number over stored exact values or Ranges ``[lo, hi]``.
 
-    ``eq`` follows the spec's example (``100`` finds values in [99.5, 100.5)):
-    the stored value, the middle of its range, must lie in the search range;
-    the overlap test in front keeps the btree on ``low`` useful. The other
-    prefixes use the range table in ``ranges``.
+    ``eq``: the search range [low, high) contains the stored range (for a plain
+    value: the value lies in it, as the spec's ``100`` -> [99.5, 100.5) example
+    says); ``ne`` is its complement. ``gt``... compare with the exact search value
+    (R4 3.1.1.4.6): the stored range reaches above it (``gt``, ``ge``), below it
+    (``lt``, ``le``), or lies wholly above (``sa``) or below (``eb``) it. ``ap``:
+    the stored range meets the search range widened by 10% of the value.
     """
-    if value.prefix in ("eq", "ne"):
-        mid = Add(lo, hi)
-        inside = and_(
-            Cmp(lo, "<", Param(value.high)),
-            Cmp(hi, ">=", Param(value.low)),
-            Cmp(mid, ">=", Param(2 * value.low)),
-            Cmp(mid, "<", Param(2 * value.high)),
-        )
-        if value.prefix == "eq":
-            return inside
-        return or_(Cmp(mid, "<", Param(2 * value.low)), Cmp(mid, ">=", Param(2 * value.high)))
-    span = abs(float(value.value)) / 10
-    ap = (value.low - span, value.high + span)
-    return ranges.condition(value.prefix, lo, hi, value.low, value.high, ap, exclusive=False)
+    v = float(value.value)
+    if value.prefix == "eq":
+        return and_(Cmp(lo, ">=", Param(value.low)), Cmp(hi, "<", Param(value.high)))
+    if value.prefix == "ne":
+        return or_(Cmp(lo, "<", Param(value.low)), Cmp(hi, ">=", Param(value.high)))
+    if value.prefix == "ap":
+        span = abs(v) / 10
+        return and_(Cmp(lo, "<=", Param(value.high + span)), Cmp(hi, ">=", Param(value.low - span)))
+    column, op = _ORDERED[value.prefix]
+    return Cmp(lo if column == "lo" else hi, op, Param(v))
+
+
+# the prefixes that ignore the search value's precision: which stored bound, compared how, with the value
+_ORDERED = {
+    "gt": ("hi", ">"),
+    "ge": ("hi", ">="),
+    "lt": ("lo", "<"),
+    "le": ("lo", "<="),
+    "sa": ("lo", ">"),
+    "eb": ("hi", "<"),
+}
 
 
 def condition(value: NumberValue, modifier: str | None, alias: str = "i") -> Expr:
@@ -120,5 +131,5 @@ def condition(value: NumberValue, modifier: str | None, alias: str = "i") -> Exp
 
 
 def sort_column() -> str:
-    """Numbers sort by their lower bound."""
+    """Numbers sort by their value (a Range by its low; ``_sort`` descending uses the high)."""
     return "low"

@@ -1,7 +1,9 @@
-"""The prefix semantics shared by date, number and quantity: comparisons of ranges.
+"""The prefix semantics of dates (and ``_lastUpdated``): comparisons of ranges.
 
-From the R4 search page (3.1.1.4.1), with the search range [sl, sh] and the
-resource's range [rl, rh]:
+Numbers and quantities keep the search value's precision for ``eq``, ``ne`` and
+``ap`` only (R4 3.1.1.4.6), so ``number.condition_on`` has its own table; the
+prefix split below is shared. From the R4 search page (3.1.1.4.5), with the
+search range [sl, sh] and the resource's range [rl, rh]:
 
 =====  ==========================================  ===========================
 eq     search range fully contains resource range  rl >= sl and rh <= sh

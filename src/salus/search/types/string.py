@@ -1,6 +1,6 @@
 """String parameters: case- and accent-insensitive prefix match on ``idx_string.norm``.
 
-``norm`` is lowercased, accents removed (NFKD, combining marks dropped) and
+``norm`` is case-folded (``ß`` is ``ss``), accents removed (NFKD, combining marks dropped) and
 whitespace collapsed; ``exact`` keeps the original text for ``:exact``.
 """
 
@@ -27,10 +27,11 @@ _SKIP_KEYS = frozenset({"id", "extension", "modifierExtension", "system", "url",
 
 @lru_cache(maxsize=65536)
 def normalise(text: str) -> str:
-    """The form string search compares: lowercase, no accents, single spaces (cached: displays repeat)."""
+    """The form string search compares: case-folded, no accents, single spaces (cached: displays repeat)."""
     if not text.isascii():
         text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-    return " ".join(text.lower().split())
+    # casefold, not lower: R4 string search is case-insensitive, and "Straße" must match "strasse"
+    return " ".join(text.casefold().split())
 
 
 def _add(rows: list[tuple[Any, ...]], text: Any) -> None:
