@@ -25,6 +25,8 @@ from salus.service import FhirService
 from salus.service.transaction import process_bundle
 
 SUFFIXES = (".ndjson", ".ndjson.gz", ".json", ".json.gz")
+# a load this large changes the tables' shape enough that the query planner needs fresh statistics
+ANALYZE_AFTER = 5000
 
 
 @dataclass
@@ -179,6 +181,8 @@ class _Importer:
             self.add(where, obj)
         self.deferred.clear()
         self.flush()
+        if self.report.total_loaded >= ANALYZE_AFTER:
+            self.service.store.analyze()
 
 
 def import_resources(

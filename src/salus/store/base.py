@@ -141,6 +141,10 @@ class Store(Queryable, Protocol):
         """Every current, non-deleted resource (of a type), for export."""
         ...
 
+    def analyze(self) -> None:
+        """Refresh the planner's statistics (after a bulk load the plans are otherwise blind)."""
+        ...
+
     def close(self) -> None:
         """Release connections."""
         ...

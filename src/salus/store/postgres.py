@@ -134,6 +134,11 @@ class PostgresStore:
         with self.pool.connection() as conn:
             yield from _PgOps(conn).iter_current(res_type, batch=batch)
 
+    def analyze(self) -> None:
+        """Refresh the planner's statistics: right after a bulk load a _has query took minutes without them."""
+        with self.pool.connection() as conn:
+            conn.execute("ANALYZE")
+
     def close(self) -> None:
         """Close the pool."""
         self.pool.close()

@@ -162,6 +162,11 @@ class SqliteStore:
         """Every current non-deleted resource."""
         return self._ops().iter_current(res_type, batch=batch)
 
+    def analyze(self) -> None:
+        """Refresh the planner's statistics."""
+        with self._write_turn():
+            self._conn().execute("ANALYZE")
+
     def close(self) -> None:
         """Close every thread's connection."""
         with self._lock:

@@ -1,9 +1,11 @@
 """Quantity parameters: ``(system, code, low, high)`` rows in ``idx_quantity``.
 
-The range is the value's precision range (see ``number``); a comparator
-(``<``, ``>=``...) opens the range on that side. ``code`` is the UCUM (or other)
-code, or the unit text when there is no code. A Range gives low..high; Money
-gives the ISO 4217 currency as code. SampledData is not indexed.
+A value is stored exactly (low = high; see ``number``: only ``eq``, ``ne`` and
+``ap`` use the search value's precision); a comparator (``<``, ``>=``...) opens the
+range on that side. ``code`` is the UCUM (or other) code, or the unit text when
+there is no code; a unit text that differs from the code gets a row of its own
+with no system, since ``n||unit`` matches it. A Range gives low..high; Money gives
+the ISO 4217 currency as code. SampledData is not indexed.
 
 UCUM canonical forms (``mg`` and ``g`` comparable): each function in
 ``CANONICAL`` may add a row in canonical units for a stored quantity
@@ -68,6 +70,10 @@ def extract(value: Any, fhir_type: str | None) -> list[tuple[Any, ...]]:
         row = _quantity(value)
         if row is not None:
             rows.append(row)
+            unit = _s(value.get("unit"))
+            if unit is not None and unit != row[1]:
+                # n||code matches "either the code or the stated human unit" (R4 search.html#quantity)
+                rows.append((None, unit, row[2], row[3]))
     for canon in CANONICAL:
         for row in list(rows):
             extra = canon(*row)
@@ -108,8 +114,9 @@ def condition(value: QuantityValue, modifier: str | None, alias: str = "i") -> E
         parts.append(eq("code", value.code, alias))
     if value.system is not None:
         parts.append(eq("system", value.system, alias))
-    elif value.code is None:
-        # a bare number compares with the values as written, never with their canonical copies
+    else:
+        # without a system the search compares with the values as written, never with their
+        # canonical copies (0.0054 g is not "lt1", and 70 kg is not "gt100||g")
         system = Col("system", alias)
         parts.append(or_(IsNull(system), Cmp(system, "<>", Param(ucum.CANONICAL_SYSTEM))))
     return and_(*parts)

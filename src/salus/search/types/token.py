@@ -2,7 +2,7 @@
 
 Coding -> (system, code, display); CodeableConcept -> one row per coding plus
 a row (NULL, NULL, text) for ``.text``; Identifier -> (system, value,
-type.text); ContactPoint -> (NULL, value, use) since token search on a
+type.text); ContactPoint -> (NULL, value, NULL) since token search on a
 ContactPoint matches its value; primitives -> (NULL, value) with booleans as
 'true'/'false'. ``text`` is always normalised like a string (for ``:text``).
 """
@@ -95,7 +95,7 @@ def extract(value: Any, fhir_type: str | None) -> list[tuple[Any, ...]]:
     elif fhir_type == "ContactPoint":
         code = _s(value.get("value"))
         if code is not None:
-            rows.append((None, code, _s(value.get("use"))))
+            rows.append((None, code, None))  # :text covers CodeableConcept/Coding/Identifier.type only
     elif fhir_type == "Extension":
         inner, inner_type = extension_value(value)
         if inner is not None:
