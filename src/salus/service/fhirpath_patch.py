@@ -33,17 +33,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from antlr4 import CommonTokenStream, InputStream, Token
-from antlr4.error.ErrorListener import ErrorListener
-from antlr4.tree.Tree import ParseTreeWalker
 from fhirpathpy import apply_parsed_path
 from fhirpathpy.engine.nodes import ResourceNode
-from fhirpathpy.parser.ASTPathListener import ASTPathListener
-from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
-from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
 from salus.fhir.definitions import r4
-from salus.fhir.fhirpath import R4_MODEL
+from salus.fhir.fhirpath import R4_MODEL, parse_strict
 from salus.fhir.outcome import FhirError
 
 __all__ = ["apply_fhirpath_patch", "parse_operations"]
@@ -274,44 +268,10 @@ def parse_operations(parameters: Any) -> list[Operation]:
 # ---- paths ---------------------------------------------------------------------------------------
 
 
-class _PathSyntaxError(Exception):
-    pass
-
-
-class _Raise(ErrorListener):
-    """fhirpathpy's parser recovers from syntax errors; a patch must not apply a guessed path."""
-
-    def syntaxError(self, recognizer: Any, offendingSymbol: Any, line: int, column: int, msg: str, e: Any) -> None:
-        raise _PathSyntaxError(f"at column {column + 1}: {msg}")
-
-
-@lru_cache(maxsize=512)
-def _parse_tree(path: str) -> dict[str, Any]:
-    lexer = FHIRPathLexer(InputStream(path))
-    lexer.removeErrorListeners()
-    lexer.addErrorListener(_Raise())
-    tokens = CommonTokenStream(lexer)
-    tokens.fill()
-    for prev, tok in zip(tokens.tokens, tokens.tokens[1:], strict=False):
-        # after a dot only a name can follow, so an operator word there is an element name: Narrative.div
-        # (the FHIRPath grammar would want `div`; the conformance cases and other servers accept it bare)
-        if prev.text == "." and tok.text.isidentifier() and tok.type != FHIRPathLexer.IDENTIFIER:
-            tok.type = FHIRPathLexer.IDENTIFIER
-    parser = FHIRPathParser(tokens)
-    parser.buildParseTrees = True
-    parser.removeErrorListeners()
-    parser.addErrorListener(_Raise())
-    listener = ASTPathListener()
-    ParseTreeWalker().walk(listener, parser.expression())
-    if parser.getCurrentToken().type != Token.EOF:
-        raise _PathSyntaxError(f"unexpected {parser.getCurrentToken().text!r} after the expression")
-    return listener.parentStack[0]  # type: ignore[no-any-return]  # fhirpathpy is untyped
-
-
 def _parse_path(path: str, where: str) -> dict[str, Any]:
     """The fhirpathpy syntax tree of ``path``; 400 if it is not FHIRPath."""
     try:
-        tree = _parse_tree(path)
+        tree = parse_strict(path, names_after_dot=True)
     except Exception as exc:  # antlr raises its own recognition errors too
         raise _bad("invalid", f"path {path!r} is not a valid FHIRPath expression ({exc})", where) from exc
     if not tree.get("children"):
