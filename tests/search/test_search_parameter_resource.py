@@ -232,10 +232,10 @@ def test_instance_reindex_does_not_make_a_parameter_ready(service: FhirService) 
     assert err.value.status == 404
 
 
+# PostgreSQL only: SQLite writers take turns, so a SearchParameter cannot commit while another write is open
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_reindex_waits_for_writers_that_began_before_the_change(service: FhirService) -> None:
-    """PostgreSQL: a writer holding rows extracted without the new parameter must commit before the batches pass."""
-    if service.store.dialect != "postgresql":
-        pytest.skip("SQLite writers take turns: a SearchParameter cannot commit while another write is open")
+    """A writer holding rows extracted without the new parameter must commit before the batches pass."""
     began, release = threading.Event(), threading.Event()
     written: list[str] = []
 
