@@ -393,7 +393,13 @@ def revinclude_select(inc: Include, matches: list[tuple[str, str]]) -> Select:
     if inc.param != "*":
         conds.append(eq("param", inc.param, i))
     sub = Select((Col("rid", i),), Table("idx_reference", i), where=and_(*conds, refs))
-    filt = and_(Not(Col("deleted", R)), eq("res_type", inc.source_type, R), InQuery(Col("rid", R), sub))
+    # the type filter on resources is left out of the plan's choice (Unindexed): the sub-select on
+    # idx_reference is the selective side, and SQLite would otherwise walk every resource of the type
+    filt = and_(
+        Not(Col("deleted", R)),
+        Cmp(Unindexed(Col("res_type", R)), "=", Param(inc.source_type)),
+        InQuery(Col("rid", R), sub),
+    )
     return Select(ENTRY_COLUMNS, RESOURCES, (CURRENT_BODY,), filt, (Order(Col("rid", R)),))
 
 

@@ -42,7 +42,9 @@ INDEX_KEYS: dict[str, list[list[str]]] = {
 
 _TYPES = {
     "sqlite": {"T": "TEXT", "F": "REAL", "I": "INTEGER", "PK": "INTEGER PRIMARY KEY", "B": "INTEGER"},
-    # "C" collation: byte order, so the prefix ranges search compiles are exact whatever the database's locale
+    # "C" collation: byte order, so the prefix ranges search compiles are exact whatever the database's locale;
+    # every text column uses it, so joins between resources and index rows compare in one collation and
+    # can use the indexes on both sides
     "postgresql": {"T": 'TEXT COLLATE "C"', "F": "DOUBLE PRECISION", "I": "BIGINT", "PK": "BIGSERIAL PRIMARY KEY", "B": "BOOLEAN"},
 }
 
@@ -54,10 +56,10 @@ def ddl(dialect: str) -> list[str]:
         "CREATE TABLE IF NOT EXISTS salus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         f"""CREATE TABLE IF NOT EXISTS resources (
             rid {t['PK']},
-            res_type TEXT NOT NULL,
-            res_id TEXT NOT NULL,
+            res_type {t['T']} NOT NULL,
+            res_id {t['T']} NOT NULL,
             version {t['I']} NOT NULL,
-            last_updated TEXT NOT NULL,
+            last_updated {t['T']} NOT NULL,
             deleted {t['B']} NOT NULL,
             UNIQUE (res_type, res_id))""",
         "CREATE INDEX IF NOT EXISTS resources_type_updated ON resources (res_type, last_updated)",
@@ -65,9 +67,9 @@ def ddl(dialect: str) -> list[str]:
             seq {t['PK']},
             rid {t['I']} NOT NULL,
             version {t['I']} NOT NULL,
-            res_type TEXT NOT NULL,
-            res_id TEXT NOT NULL,
-            last_updated TEXT NOT NULL,
+            res_type {t['T']} NOT NULL,
+            res_id {t['T']} NOT NULL,
+            last_updated {t['T']} NOT NULL,
             method TEXT NOT NULL,
             body TEXT,
             UNIQUE (rid, version))""",
@@ -77,8 +79,8 @@ def ddl(dialect: str) -> list[str]:
     for table, cols in INDEX_TABLES.items():
         colsql = ", ".join(f"{name} {t[kind]}" for name, kind in cols)
         stmts.append(
-            f"CREATE TABLE IF NOT EXISTS {table} (rid {t['I']} NOT NULL, res_type TEXT NOT NULL, "
-            f"param TEXT NOT NULL, grp {t['I']} NOT NULL DEFAULT 0, {colsql})"
+            f"CREATE TABLE IF NOT EXISTS {table} (rid {t['I']} NOT NULL, res_type {t['T']} NOT NULL, "
+            f"param {t['T']} NOT NULL, grp {t['I']} NOT NULL DEFAULT 0, {colsql})"
         )
         stmts.append(f"CREATE INDEX IF NOT EXISTS {table}_rid ON {table} (rid)")
         for i, key in enumerate(INDEX_KEYS[table]):
