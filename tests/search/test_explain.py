@@ -6,9 +6,10 @@ population. A full scan is what turns a 1 ms search into a 1 s one at a million
 resources; the plan already shows it on a few thousand rows.
 
 - SQLite: every table access must be a ``SEARCH`` (a seek). A ``SCAN`` walks
-  the whole table or index, whichever index it uses. SQLite is checked twice:
-  as the server runs it (no statistics: the store never runs ``ANALYZE``) and
-  after ``ANALYZE``.
+  the whole table or index, whichever index it uses, and so does building a
+  ``BLOOM FILTER`` for a join. SQLite is checked twice:
+  with statistics (``salus import`` runs ``ANALYZE`` after a large load) and
+  without (a database filled through the REST API, which never analyzes).
 - PostgreSQL (after ``ANALYZE``): no ``Seq Scan``, and no index scan without an
   ``Index Cond`` (a walk of the whole index), on those tables. The population is
   large enough that a seek is cheaper than a scan for the planner too, so these
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sqlite3
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -111,6 +113,15 @@ def _analyze(store: Store) -> None:
         _pg_execute(store, "ANALYZE")
 
 
+def _drop_statistics(path: Path) -> None:
+    """Forget what ANALYZE learnt: a database filled through the REST API, which never analyzes, plans like this."""
+    conn = sqlite3.connect(path)
+    for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'sqlite_stat%'").fetchall():
+        conn.execute(f"DROP TABLE {table}")
+    conn.commit()
+    conn.close()
+
+
 def _pg_execute(store: Store, sql: str) -> None:
     """A statement that returns no rows (``store.query`` would fetch)."""
     with store.pool.connection() as conn:  # type: ignore[attr-defined]
@@ -126,15 +137,17 @@ def sqlite_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Sample]
     return path, sample
 
 
-@pytest.fixture(scope="module", params=["sqlite", "sqlite+analyze", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", "sqlite-no-stats", "postgresql"])
 def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
     """The population on each backend, loaded once per module."""
     if request.param.startswith("sqlite"):
         src, sample = request.getfixturevalue("sqlite_file")
         path = tmp_path_factory.mktemp("explain-copy") / "salus.db"
         shutil.copyfile(src, path)
+        if request.param == "sqlite-no-stats":
+            _drop_statistics(path)
         store = open_store(f"sqlite:///{path}")
-        if request.param == "sqlite+analyze":
+        if request.param == "sqlite":
             _analyze(store)
     else:
         url = request.getfixturevalue("pg_schema_url")
@@ -178,6 +191,9 @@ def full_scans(store: Store, sql: str, params: list[Any]) -> list[str]:
     if store.dialect == "sqlite":
         found = []
         for *_, detail in store.query("EXPLAIN QUERY PLAN " + sql, params):
+            if detail.startswith("BLOOM FILTER ON "):  # built by reading the whole table before the join
+                found.append(detail)
+                continue
             m = SQLITE_ACCESS.match(detail)
             # every alias in search SQL is one of our tables, unless SQLite names a sub-query or a constant row
             if not m or m.group(2) in ("CONSTANT", "(subquery") or m.group(2).startswith("(subquery"):
@@ -254,6 +270,12 @@ _OR_OF_TARGETS = (
 # (case, variant) -> why its plan still scans; strict, so fixing the cause makes the entry fail until removed
 KNOWN_SCANS = {
     ("two-level chain", "postgresql"): _OR_OF_TARGETS,
+    ("two-level chain", "sqlite-no-stats"): _OR_OF_TARGETS,
+    ("_include", "sqlite-no-stats"): (
+        "include_select filters idx_reference by rid IN (...) AND res_type AND param; with no statistics SQLite "
+        "prefers the (res_type, param) prefix of idx_reference_k0 to idx_reference_rid and reads every "
+        "reference of that parameter (res_type and param want Unindexed there, as the _has link does)"
+    ),
 }
 
 
