@@ -36,18 +36,18 @@ def _fmt(dt: datetime) -> str:
     )
 
 
+def _parse_fixed(text: str) -> datetime:
+    """A naive datetime from the fixed-width ``YYYY-MM-DDTHH:MM:SS.ffffff`` form the index stores."""
+    return datetime(
+        int(text[0:4]), int(text[5:7]), int(text[8:10]),
+        int(text[11:13]), int(text[14:16]), int(text[17:19]), int(text[20:26]),
+    )
+
+
 def _shift(text: str, tz: str) -> str:
     sign = 1 if tz[0] == "+" else -1
     offset = timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6]))
-    dt = datetime(
-        int(text[0:4]),
-        int(text[5:7]),
-        int(text[8:10]),
-        int(text[11:13]),
-        int(text[14:16]),
-        int(text[17:19]),
-        int(text[20:26]),
-    )
+    dt = _parse_fixed(text)
     try:
         return _fmt(dt - sign * offset)
     except OverflowError:
@@ -136,15 +136,7 @@ def _next(text: str) -> str:
     """The instant one microsecond after ``text`` (the exclusive end of an inclusive range)."""
     if text >= MAX:
         return AFTER_MAX
-    dt = datetime(
-        int(text[0:4]),
-        int(text[5:7]),
-        int(text[8:10]),
-        int(text[11:13]),
-        int(text[14:16]),
-        int(text[17:19]),
-        int(text[20:26]),
-    )
+    dt = _parse_fixed(text)
     return _fmt(dt + timedelta(microseconds=1))
 
 
