@@ -94,3 +94,15 @@ def test_sigkill_during_import_leaves_only_whole_transactions(backend: str, tmp_
     got = store.read("AllergyIntolerance", first_id)
     assert got is not None and orjson.loads(got.body or "{}")["id"] == first_id
     store.close()
+
+
+def test_a_newer_database_is_refused_with_a_message(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert run("db", "upgrade", "--data-dir", str(data)).returncode == 0
+    store = open_store(f"sqlite:///{data / 'salus.db'}")
+    with store.transaction() as tx:
+        tx.query("UPDATE salus_meta SET value = '999' WHERE key = 'schema_version'")
+    store.close()
+    res = run("db", "upgrade", "--data-dir", str(data))
+    assert res.returncode == 2
+    assert "schema version 999" in res.stderr and "Traceback" not in res.stderr

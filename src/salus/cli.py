@@ -232,8 +232,14 @@ def db_upgrade(data_dir: DataDir = None) -> None:
 
 
 def main() -> None:
-    """Entry point for ``python -m salus``."""
-    app()
+    """Entry point of ``salus`` and ``python -m salus``: a database it cannot use is a message, not a traceback."""
+    from salus.store.schema import SchemaTooNew
+
+    try:
+        app()
+    except SchemaTooNew as err:
+        console.print(f"[red]error:[/] {err}")
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from salus.search.sql import (
     Cmp,
     Col,
     Const,
+    Exists,
     Expr,
     Func,
     InList,
@@ -39,6 +40,7 @@ from salus.search.sql import (
     Not,
     Order,
     Param,
+    Row,
     Scalar,
     Select,
     Star,
@@ -96,14 +98,57 @@ def _resources_filter(
     return _types_filter(types, alias, unindexed=not has_id and selective)
 
 
-def clause_expr(c: Clause, alias: str = R, depth: int = 0) -> Expr:
+def _rank(c: Clause) -> int:
+    """How few rows a clause is likely to match, for choosing the one that drives the plan (lower: fewer).
+
+    SQLite has no statistics on a database filled through the API, so the
+    compiler chooses: a reference to one resource or an exact code is a handful
+    of rows; a range of dates or a missing element may be most of a type.
+    """
+    if not _selective(c):
+        return 9
+    if c.chain:
+        return 4
+    kind = c.param.type
+    if kind == "reference" and c.modifier is None:
+        return 0
+    if kind == "token" and c.modifier in (None, "of-type"):
+        return 1
+    if kind in ("string", "uri", "token", "reference", "composite"):
+        return 2
+    if kind in ("number", "quantity"):
+        return 3
+    return 5
+
+
+def _semi(alias: str, sub: Select, *, negated: bool, correlated: bool) -> Expr:
+    """``alias.rid [NOT] IN (sub)``, or as a correlated probe of ``sub``'s table for that one rid.
+
+    Only one clause of a search should be an ``IN``: it drives the plan. SQLite
+    builds every other ``IN`` list in full (every Observation with a common
+    code, to keep one patient's), where a probe by rid reads a row or two.
+    """
+    if not correlated:
+        return InQuery(Col("rid", alias), sub, negated=negated)
+    head = sub.columns[0]
+    assert isinstance(head, Col)
+    probe = replace(
+        sub,
+        table=replace(sub.table, by_rid=True),
+        where=and_(Cmp(head, "=", Col("rid", alias)), *([sub.where] if sub.where is not None else [])),
+    )
+    return Not(Exists(probe)) if negated else Exists(probe)
+
+
+def clause_expr(c: Clause, alias: str = R, depth: int = 0, *, correlated: bool = False) -> Expr:
     """The predicate on the resources row ``alias`` for one clause (its values ORed).
 
     ``depth`` numbers the aliases of nested sub-selects (chains, ``_has``) so
-    that each level names its own tables.
+    that each level names its own tables. ``correlated`` asks for a probe of the
+    row's own index rows rather than a set to start from (see ``_semi``).
     """
     if c.chain:
-        return _link_expr(c, alias, depth)
+        return _link_expr(c, alias, depth, correlated)
     p = c.param
     first = c.values[0]
     if p.code == "_id":
@@ -122,16 +167,16 @@ def clause_expr(c: Clause, alias: str = R, depth: int = 0) -> Expr:
         return or_(*(date.condition_on(v, col, col) for v in c.values))  # type: ignore[arg-type]
     i = f"i{depth}"
     if p.type == "composite":
-        return _composite_expr(c, alias, depth)
+        return _composite_expr(c, alias, depth, correlated)
     module = MODULES[p.type]
     base = [*_types_filter(c.resource_types, i), eq("param", p.code, i)]
     if isinstance(first, Missing):
         sub = Select((Col("rid", i),), Table(module.TABLE, i), where=and_(*base))
-        return InQuery(Col("rid", alias), sub, negated=first.missing)
+        return _semi(alias, sub, negated=first.missing, correlated=correlated)
     mod = None if c.modifier == "not" else c.modifier
     values = or_(*(module.condition(v, mod, i) for v in c.values))
     sub = Select((Col("rid", i),), Table(module.TABLE, i), where=and_(*base, values))
-    return InQuery(Col("rid", alias), sub, negated=c.modifier == "not")
+    return _semi(alias, sub, negated=c.modifier == "not", correlated=correlated)
 
 
 def _list_expr(c: Clause, alias: str, depth: int) -> Expr:
@@ -150,7 +195,7 @@ def _list_expr(c: Clause, alias: str, depth: int) -> Expr:
     return InQuery(Col("res_id", alias), items)
 
 
-def _composite_expr(c: Clause, alias: str, depth: int) -> Expr:
+def _composite_expr(c: Clause, alias: str, depth: int, correlated: bool) -> Expr:
     """Each value: one row per component in the same ``(rid, grp)``, each meeting its own condition."""
     p = c.param
     first = c.values[0]
@@ -158,7 +203,8 @@ def _composite_expr(c: Clause, alias: str, depth: int) -> Expr:
         table = MODULES[p.components[0][1]].TABLE
         i = f"i{depth}"
         base = and_(*_types_filter(c.resource_types, i), eq("param", component_param(p.code, 0), i))
-        return InQuery(Col("rid", alias), Select((Col("rid", i),), Table(table, i), where=base), negated=first.missing)
+        sub = Select((Col("rid", i),), Table(table, i), where=base)
+        return _semi(alias, sub, negated=first.missing, correlated=correlated)
     alternatives: list[Expr] = []
     for value in c.values:
         assert isinstance(value, CompositeValue)
@@ -176,11 +222,11 @@ def _composite_expr(c: Clause, alias: str, depth: int) -> Expr:
                 joins.append(Join(Table(module.TABLE, a), and_(same_group, *mine)))
         table = MODULES[p.components[0][1]].TABLE
         sub = Select((Col("rid", head),), Table(table, head), tuple(joins), and_(*conds))
-        alternatives.append(InQuery(Col("rid", alias), sub))
+        alternatives.append(_semi(alias, sub, negated=False, correlated=correlated))
     return or_(*alternatives)
 
 
-def _link_expr(c: Clause, alias: str, depth: int) -> Expr:
+def _link_expr(c: Clause, alias: str, depth: int, correlated: bool = False) -> Expr:
     """Follow the clause's first chain link from the resources row ``alias``.
 
     Forward (``subject:Patient.name``): ``alias`` has an ``idx_reference`` row
@@ -194,20 +240,20 @@ def _link_expr(c: Clause, alias: str, depth: int) -> Expr:
     lk, inner_alias = f"l{depth}", f"t{depth}"
     ref = [*_types_filter(link.source_types, lk), eq("param", link.param.code, lk)]
     if not link.reverse:
-        alternatives: list[Expr] = []
-        for target in link.target_types:
-            live = Select(
-                (Col("res_id", inner_alias),),
-                Table("resources", inner_alias),
-                where=and_(
-                    Not(Col("deleted", inner_alias)),
-                    *_resources_filter((target,), [rest], inner_alias),
-                    clause_expr(rest, inner_alias, depth + 1),
-                ),
-            )
-            alternatives.append(and_(eq("target_type", target, lk), InQuery(Col("target_id", lk), live)))
-        sub = Select((Col("rid", lk),), Table("idx_reference", lk), where=and_(*ref, or_(*alternatives)))
-        return InQuery(Col("rid", alias), sub)
+        # one sub-select over every target type, matched as a (type, id) pair: an OR of one sub-select per
+        # type cannot be driven from the inner index by either engine and reads every row of the parameter
+        live = Select(
+            (Col("res_type", inner_alias), Col("res_id", inner_alias)),
+            Table("resources", inner_alias),
+            where=and_(
+                Not(Col("deleted", inner_alias)),
+                *_resources_filter(link.target_types, [rest], inner_alias),
+                clause_expr(rest, inner_alias, depth + 1),
+            ),
+        )
+        pair = Row((Col("target_type", lk), Col("target_id", lk)))
+        sub = Select((Col("rid", lk),), Table("idx_reference", lk), where=and_(*ref, InQuery(pair, live)))
+        return _semi(alias, sub, negated=False, correlated=correlated)
     sources = Select(
         (Col("rid", inner_alias),),
         Table("resources", inner_alias),
@@ -279,7 +325,13 @@ def where(q: SearchQuery, compartment: tuple[str, str] | None = None) -> Expr:
     # a compartment is a few resources among many: let it drive the plan like a clause
     types = _resources_filter(q.resource_types, q.clauses, R, selective=compartment is not None)
     parts: list[Expr] = [Not(Col("deleted", R)), *types]
-    parts += [clause_expr(c) for c in q.clauses]
+    # one clause drives (the likely fewest rows); the others probe each candidate's own rows. An _id or a
+    # compartment drives better still (the resources key, one target's references).
+    driver = None
+    if compartment is None and not any(c.param.code == "_id" and not c.chain for c in q.clauses):
+        candidates = [k for k, c in enumerate(q.clauses) if _selective(c)]
+        driver = min(candidates, key=lambda k: _rank(q.clauses[k]), default=None)
+    parts += [clause_expr(c, correlated=k != driver) for k, c in enumerate(q.clauses)]
     if compartment is not None:
         parts.append(compartment_expr(q.resource_types, compartment))
     return and_(*parts)
@@ -354,6 +406,8 @@ def include_select(inc: Include, rids: list[int]) -> Select:
     """Resources that the page's resources (``rids``) refer to through ``inc.param``."""
     i, t = "i", "t"
     conds: list[Expr] = [InList(Col("rid", i), tuple(Param(x) for x in rids)), eq("res_type", inc.source_type, i)]
+    # the page's rids are the few rows to start from: pinned, or SQLite without statistics prefers the
+    # (res_type, param) prefix of another index and reads every reference of the parameter
     if inc.param != "*":
         conds.append(eq("param", inc.param, i))
     if inc.target_type is not None:
@@ -363,7 +417,7 @@ def include_select(inc: Include, rids: list[int]) -> Select:
         Table("resources", t),
         (
             Join(
-                Table("idx_reference", i),
+                Table("idx_reference", i, by_rid=True),
                 and_(
                     Cmp(Col("target_type", i), "=", Col("res_type", t)),
                     Cmp(Col("target_id", i), "=", Col("res_id", t)),

@@ -108,6 +108,13 @@ class InList(Expr):
 
 
 @dataclass(frozen=True, slots=True)
+class Row(Expr):
+    """A row value ``(a, b)``, compared as a whole (``(type, id) IN (SELECT ...)``)."""
+
+    items: tuple[Expr, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class InQuery(Expr):
     """``x IN (SELECT ...)`` (a semi-join both engines plan well)."""
 
@@ -170,10 +177,17 @@ class Scalar(Expr):
 
 @dataclass(frozen=True, slots=True)
 class Table:
-    """A table reference with an alias."""
+    """A table reference with an alias.
+
+    ``by_rid`` pins SQLite to the table's ``rid`` index (``INDEXED BY``): a
+    correlated probe for one resource's rows must seek by rid, and without
+    statistics SQLite prefers an index matching more ``=`` terms, such as
+    every row of a code. PostgreSQL plans by cost and ignores it.
+    """
 
     name: str
     alias: str
+    by_rid: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,9 +288,12 @@ class Generator:
             if i:
                 w(", ")
             self._expr(c, out)
-        w(f" FROM {s.table.name} {s.table.alias}")
+        w(" FROM ")
+        self._table(s.table, out)
         for j in s.joins:
-            w(f" JOIN {j.table.name} {j.table.alias} ON ")
+            w(" JOIN ")
+            self._table(j.table, out)
+            w(" ON ")
             self._expr(j.on, out)
         if s.where is not None:
             w(" WHERE ")
@@ -295,6 +312,11 @@ class Generator:
                 w(" LIMIT -1" if self.dialect == "sqlite" else " LIMIT ALL")
             w(" OFFSET ?")
             out.params.append(s.offset)
+
+    def _table(self, t: Table, out: _Out) -> None:
+        out.parts.append(f"{t.name} {t.alias}")
+        if t.by_rid and self.dialect == "sqlite":
+            out.parts.append(f" INDEXED BY {t.name}_rid")
 
     def _order(self, o: Order, out: _Out) -> None:
         self._expr(o.expr, out)
@@ -346,6 +368,13 @@ class Generator:
                 if i:
                     w(", ")
                 self._expr(v, out)
+            w(")")
+        elif isinstance(e, Row):
+            w("(")
+            for i, item in enumerate(e.items):
+                if i:
+                    w(", ")
+                self._expr(item, out)
             w(")")
         elif isinstance(e, InQuery):
             self._expr(e.left, out)

@@ -20,7 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from salus.store.base import Current, StoredVersion
 from salus.store.common import CursorOps
-from salus.store.schema import SCHEMA_VERSION, ddl
+from salus.store.schema import META_DDL, SCHEMA_VERSION, migration
 
 _QMARK = re.compile(r"\?")
 
@@ -72,6 +72,19 @@ class PostgresTransaction(_PgOps):
                 copy.write_row(row)
 
 
+def _configure(conn: psycopg.Connection) -> None:
+    """Plan every prepared statement with its values.
+
+    Statements are prepared and every value is bound, so after five runs
+    PostgreSQL would switch to a generic plan that cannot see how selective a
+    patient or a code is: observations by patient and code went from 0.4 ms to
+    almost a second at 10,000 patients. A custom plan costs ~0.1 ms of planning.
+    (Set here, not in the connection's ``options``, which would replace the
+    ``options`` of the URL.)
+    """
+    conn.execute("SET plan_cache_mode = force_custom_plan")
+
+
 class PostgresStore:
     """The PostgreSQL store; safe to share between threads (each call borrows a pooled connection)."""
 
@@ -81,7 +94,12 @@ class PostgresStore:
         self.url = url
         # open every connection up front: growing the pool under load stalls requests for the connect
         self.pool = ConnectionPool(
-            url, min_size=pool_size, max_size=pool_size, open=True, kwargs={"autocommit": True}
+            url,
+            min_size=pool_size,
+            max_size=pool_size,
+            open=True,
+            kwargs={"autocommit": True},
+            configure=_configure,
         )
         self.pool.wait(timeout=30)
         self.migrate()
@@ -90,7 +108,9 @@ class PostgresStore:
         """Create or upgrade the schema to ``SCHEMA_VERSION`` (serialised across processes)."""
         with self.pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(7355608)")
-            for stmt in ddl("postgresql"):
+            conn.execute(META_DDL)
+            row = conn.execute("SELECT value FROM salus_meta WHERE key = 'schema_version'").fetchone()
+            for stmt in migration("postgresql", row[0] if row else None):
                 conn.execute(stmt)
             conn.execute(
                 "INSERT INTO salus_meta (key, value) VALUES ('schema_version', %s) "

@@ -10,7 +10,15 @@ the resource. ``grp`` ties together the component rows of one composite value.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# 1 -> 2: every text column of PostgreSQL in the "C" collation (version 1 had it on the index tables only,
+# so joins between resources and index rows compared in two collations and could not use the indexes)
+
+META_DDL = "CREATE TABLE IF NOT EXISTS salus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer Salus: upgrading it is that version's job."""
 
 # (table, columns after rid/res_type/param, indexes); column types are abstract:
 # T = text, F = float, I = integer
@@ -53,7 +61,7 @@ def ddl(dialect: str) -> list[str]:
     """Every CREATE statement for ``dialect`` ('sqlite' or 'postgresql'), idempotent."""
     t = _TYPES[dialect]
     stmts = [
-        "CREATE TABLE IF NOT EXISTS salus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        META_DDL,
         f"""CREATE TABLE IF NOT EXISTS resources (
             rid {t['PK']},
             res_type {t['T']} NOT NULL,
@@ -99,6 +107,34 @@ def ddl(dialect: str) -> list[str]:
             updated TEXT NOT NULL,
             PRIMARY KEY (base, code))"""
     )
+    return stmts
+
+
+_TEXT_COLUMNS = {
+    "resources": ["res_type", "res_id", "last_updated"],
+    "resource_versions": ["res_type", "res_id", "last_updated"],
+    **{table: ["res_type", "param", *(c for c, kind in cols if kind == "T")] for table, cols in INDEX_TABLES.items()},
+}
+
+
+def migration(dialect: str, found: str | None) -> list[str]:
+    """The statements that take a database at schema version ``found`` (None: empty) to ``SCHEMA_VERSION``.
+
+    The CREATEs come first (idempotent, they add what a version introduced);
+    then the changes to what already exists, oldest first.
+    """
+    version = None if found is None else int(found)
+    if version is not None and version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"the database has schema version {version}, newer than this Salus understands ({SCHEMA_VERSION}); "
+            "upgrade Salus"
+        )
+    stmts = ddl(dialect)
+    if version is not None and version < 2 and dialect == "postgresql":
+        collate = _TYPES["postgresql"]["T"]
+        for table, columns in _TEXT_COLUMNS.items():
+            alters = ", ".join(f"ALTER COLUMN {c} TYPE {collate}" for c in columns)
+            stmts.append(f"ALTER TABLE {table} {alters}")
     return stmts
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from salus.store.base import Current, StoredVersion
 from salus.store.common import CursorOps
-from salus.store.schema import SCHEMA_VERSION, ddl
+from salus.store.schema import META_DDL, SCHEMA_VERSION, migration
 
 
 class _SqliteOps(CursorOps):
@@ -97,7 +97,9 @@ class SqliteStore:
     def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for stmt in ddl("sqlite"):
+            conn.execute(META_DDL)
+            row = conn.execute("SELECT value FROM salus_meta WHERE key = 'schema_version'").fetchone()
+            for stmt in migration("sqlite", row[0] if row else None):
                 conn.execute(stmt)
             conn.execute(
                 "INSERT INTO salus_meta (key, value) VALUES ('schema_version', ?) "
