@@ -397,6 +397,11 @@ def count_select(filt: Expr) -> Select:
     return Select((Func("COUNT", (Star(),)),), RESOURCES, where=filt)
 
 
+def rids_select(filt: Expr) -> Select:
+    """The matches' rids, unordered (what the planner's row estimate is read from)."""
+    return Select((Col("rid", R),), RESOURCES, where=filt)
+
+
 def ids_select(q: SearchQuery, filt: Expr, limit: int) -> Select:
     """``(res_id, version)`` of the first matches (conditional interactions)."""
     return Select((Col("res_id", R), Col("version", R)), RESOURCES, where=filt, order_by=order_by(q), limit=limit)
