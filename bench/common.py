@@ -33,22 +33,44 @@ class Report:
             print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)))
 
     def write(self, path: Path) -> None:
-        """Write the Markdown report."""
+        """Write the Markdown report, keeping the sections of benchmarks not run this time.
+
+        ``python -m bench search`` alone must not drop the import and HTTP
+        figures: a section is replaced only by a section of the same title.
+        """
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        fresh = {}
+        for title, note, header, rows in self.sections:
+            body = [f"## {title}", "", f"Measured {when}. {note}", "", "| " + " | ".join(header) + " |",
+                    "|" + "---|" * len(header)]
+            body += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
+            fresh[title] = "\n".join(body)
+        kept = _sections(path.read_text()) if path.exists() else {}
+        merged = {**kept, **fresh}  # an old title keeps its place; a new one goes last
         lines = [
             "# Benchmarks",
             "",
-            f"Written by `make bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}. "
+            f"Written by `make bench` (last run {when}), {platform.machine()}, {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}. "
             "Each figure comes with a baseline measured in the same run on the same machine, "
             "because these machines are shared and noisy: read the ratios, not the absolute numbers.",
             "",
         ]
-        for title, note, header, rows in self.sections:
-            lines += [f"## {title}", "", note, "", "| " + " | ".join(header) + " |",
-                      "|" + "---|" * len(header)]
-            lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
-            lines.append("")
+        lines += [text.rstrip() + "\n" for text in merged.values()]
         path.write_text("\n".join(lines))
+
+
+def _sections(markdown: str) -> dict[str, str]:
+    """The ``## `` sections of a report, by title, in order."""
+    out: dict[str, str] = {}
+    title = None
+    for line in markdown.splitlines():
+        if line.startswith("## "):
+            title = line[3:].strip()
+            out[title] = line
+        elif title is not None:
+            out[title] += "\n" + line
+    return out
 
 
 def pg_available() -> bool:
