@@ -107,7 +107,19 @@ def ddl(dialect: str) -> list[str]:
             updated TEXT NOT NULL,
             PRIMARY KEY (base, code))"""
     )
+    stmts += _security_ddl(t)
+    stmts += _audit_ddl(t)
     return stmts
+
+
+def _security_ddl(t: dict[str, str]) -> list[str]:
+    """Accounts of the SMART authorization server (salus.security): users, clients, codes, tokens, keys."""
+    return []
+
+
+def _audit_ddl(t: dict[str, str]) -> list[str]:
+    """The tamper-evident audit trail (salus.security.audit)."""
+    return []
 
 
 _TEXT_COLUMNS = {
