@@ -1,0 +1,51 @@
+"""Who is asking: the one value every door hands the service (after DESIGN.md's RequestContext).
+
+A door (REST, MLLP, MQTT, CLI) turns its credentials into a ``Principal``
+once; everything below decides from it and never looks at tokens or headers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+# people's roles and the non-person kinds (issue 5: roles for people, devices and integrations)
+PERSON_ROLES = ("clinician", "nurse", "receptionist", "patient", "admin", "auditor")
+SYSTEM_ROLES = ("device", "integration")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated actor and what its credentials grant.
+
+    ``scopes`` are the granted SMART scope strings as issued (v1 or v2 syntax);
+    ``patient`` is the launch context's Patient id for ``patient/`` scopes;
+    ``fhir_user`` is the ``fhirUser`` claim (``Practitioner/x``, ``Patient/y``).
+    ``unrestricted`` is true only when security is off (the loopback default).
+    """
+
+    subject: str
+    kind: str = "user"  # user | system | anonymous
+    role: str | None = None
+    client_id: str | None = None
+    scopes: frozenset[str] = frozenset()
+    patient: str | None = None
+    fhir_user: str | None = None
+    token_id: str | None = None
+    break_glass: bool = False
+    unrestricted: bool = False
+
+
+# security off: every request acts with full rights (and is still audited under this name)
+ANONYMOUS = Principal(subject="anonymous", kind="anonymous", unrestricted=True)
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """One request: who, from where, and an id tying its audit entries together."""
+
+    principal: Principal = ANONYMOUS
+    source: str | None = None  # client address
+    user_agent: str | None = None
+    purpose: str | None = None  # purpose of use (e.g. ETREAT, BTG for break-the-glass)
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
