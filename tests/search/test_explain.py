@@ -37,6 +37,7 @@ from salus import demo
 from salus.config import Settings
 from salus.loader import import_resources
 from salus.search import run_search
+from salus.search.compile import PAGE
 from salus.service import FhirService
 from salus.store import Store, open_store
 from salus.store.schema import INDEX_TABLES
@@ -204,7 +205,8 @@ def full_scans(store: Store, sql: str, params: list[Any]) -> list[str]:
                 continue
             m = SQLITE_ACCESS.match(detail)
             # every alias in search SQL is one of our tables, unless SQLite names a sub-query or a constant row
-            if not m or m.group(2) in ("CONSTANT", "(subquery") or m.group(2).startswith("(subquery"):
+            # (PAGE is the derived table of one page's keys: its scan reads the page, not a table)
+            if not m or m.group(2) in ("CONSTANT", PAGE) or m.group(2).startswith("(subquery"):
                 continue
             columns = {c.split("=")[0].split(">")[0].split("<")[0] for c in (m.group(3) or "").split(" AND ") if c}
             if m.group(1) == "SCAN" or _too_wide(columns):

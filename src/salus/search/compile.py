@@ -27,9 +27,12 @@ from salus.fhir.definitions import r4, resource_types
 from salus.fhir.outcome import FhirError
 from salus.search.parse import MODULES
 from salus.search.sql import (
+    Alias,
     Cmp,
     Col,
     Const,
+    CountOver,
+    Derived,
     Exists,
     Expr,
     Func,
@@ -56,6 +59,7 @@ from salus.search.types import date, ucum
 from salus.search.types.composite import component_param
 
 R = "r"
+PAGE = "p"  # the derived table of a page's keys (page_select with_total)
 RESOURCES = Table("resources", R)
 CURRENT_BODY = Join(
     Table("resource_versions", "v"),
@@ -363,19 +367,47 @@ def order_by(q: SearchQuery) -> tuple[Order, ...]:
 
 
 def page_select(
-    q: SearchQuery, filt: Expr, limit: int | None, offset: int, after: tuple[Any, ...] | None = None,
+    q: SearchQuery,
+    filt: Expr,
+    limit: int | None,
+    offset: int,
+    after: tuple[Any, ...] | None = None,
+    *,
+    with_total: bool = False,
 ) -> Select:
     """One page of matches with their current bodies, then each row's sort key values (for the next cursor).
 
     ``after`` is the sort key values of the previous page's last row: the page starts
     right after it (keyset paging), so rows written or deleted meanwhile never make a
     page repeat or skip a match, as an offset would.
+
+    ``with_total`` adds a last column, the number of matches, counted in the same
+    statement: the page is cut from the matches' keys (``COUNT(*) OVER ()`` is taken
+    before the LIMIT) and only the page's rows are joined to their bodies, so a
+    full first page costs one evaluation of the filter, not a second one to count.
+    It does not combine with ``after`` (the filter then holds only later rows).
     """
     orders = order_by(q)
     if after is not None:
         filt = and_(filt, keyset_after(orders, after))
-    columns = (*ENTRY_COLUMNS, *(o.expr for o in orders[:-1]))
-    return Select(columns, RESOURCES, (CURRENT_BODY,), filt, orders, limit, offset)
+    if not with_total:
+        columns = (*ENTRY_COLUMNS, *(o.expr for o in orders[:-1]))
+        return Select(columns, RESOURCES, (CURRENT_BODY,), filt, orders, limit, offset)
+    keys = [Alias(o.expr, f"sk{k}") for k, o in enumerate(orders[:-1])]
+    inner = Select(
+        (Col("rid", R), Col("res_type", R), Col("res_id", R), Col("version", R), *keys, Alias(CountOver(), "total")),
+        RESOURCES, where=filt, order_by=orders, limit=limit, offset=offset,
+    )
+    p = PAGE
+    body = Join(
+        Table("resource_versions", "v"),
+        and_(Cmp(Col("rid", "v"), "=", Col("rid", p)), Cmp(Col("version", "v"), "=", Col("version", p))),
+    )
+    sort_cols = [Col(k.name, p) for k in keys]
+    columns = (Col("rid", p), Col("res_type", p), Col("res_id", p), Col("version", p), Col("body", "v"),
+               *sort_cols, Col("total", p))
+    outer_order = (*(Order(col, o.descending) for col, o in zip(sort_cols, orders, strict=False)), Order(Col("rid", p)))
+    return Select(columns, Derived(inner, p), (body,), order_by=outer_order)
 
 
 def keyset_after(orders: tuple[Order, ...], values: tuple[Any, ...]) -> Expr:

@@ -158,14 +158,21 @@ def run_search(
         result.total = int(_run(db, c.count_select(filt))[0][0])
         return result
     after = decode_cursor(q, cursor) if cursor else None
-    rows = _run(db, c.page_select(q, filt, size + 1, 0 if after else offset, after))
+    # an accurate total of a first page is counted by the page's own statement
+    with_total = q.total in (None, "accurate") and after is None
+    rows = _run(db, c.page_select(q, filt, size + 1, 0 if after else offset, after, with_total=with_total))
+    counted = int(rows[0][-1]) if with_total and rows else None
+    if with_total:
+        rows = [r[:-1] for r in rows]
     result.has_next = len(rows) > size
     rows = rows[:size]
     if result.has_next:
         result.next_cursor = encode_cursor(q, rows[-1])
     result.entries = [(r[1], r[2], r[4]) for r in rows]
     if q.total != "none":
-        if not result.has_next and not after and (rows or offset == 0):
+        if counted is not None:
+            result.total = counted
+        elif not result.has_next and not after and (rows or offset == 0):
             result.total = offset + len(rows)
         elif q.total == "estimate":
             result.total = estimate_total(db, filt)
