@@ -18,6 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from salus.config import Settings
+from salus.security.audit_cli import audit_app
+from salus.security.cli import clients_app, keys_app, users_app
 
 app = typer.Typer(
     help="Salus: a FHIR R4 server and clinical data platform. SQLite by default; "
@@ -27,6 +29,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(clients_app, name="clients")
+app.add_typer(users_app, name="users")
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
 console = Console(stderr=True)
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", "-d", help="Folder holding the SQLite database (default ./salus-data).")]

@@ -32,6 +32,13 @@ class Settings:
     default_page_size: int = 20
     max_page_size: int = 1000
     pool_size: int = 10
+    # SMART on FHIR authorization (salus.security): "off" (loopback default) or "smart"
+    auth: str = "off"
+    auth_issuer: str | None = None  # None: the FHIR base URL
+    access_token_ttl: int = 3600
+    refresh_token_ttl: int = 30 * 24 * 3600
+    external_oidc_issuer: str | None = None
+    external_oidc_jwks: str | None = None  # a JWKS URL or a file path
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -51,6 +58,20 @@ class Settings:
             s = replace(s, referential_integrity=_bool(v))
         if v := env.get("SALUS_POOL_SIZE"):
             s = replace(s, pool_size=int(v))
+        if v := env.get("SALUS_AUTH"):
+            if v.strip().lower() not in ("off", "smart"):
+                raise ValueError(f"SALUS_AUTH must be 'off' or 'smart', not {v!r}")
+            s = replace(s, auth=v.strip().lower())
+        if v := env.get("SALUS_AUTH_ISSUER"):
+            s = replace(s, auth_issuer=v.rstrip("/"))
+        if v := env.get("SALUS_ACCESS_TOKEN_TTL"):
+            s = replace(s, access_token_ttl=int(v))
+        if v := env.get("SALUS_REFRESH_TOKEN_TTL"):
+            s = replace(s, refresh_token_ttl=int(v))
+        if v := env.get("SALUS_OIDC_ISSUER"):
+            s = replace(s, external_oidc_issuer=v.rstrip("/"))
+        if v := env.get("SALUS_OIDC_JWKS"):
+            s = replace(s, external_oidc_jwks=v)
         clean = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in clean:
             clean["data_dir"] = Path(clean["data_dir"])  # type: ignore[arg-type]

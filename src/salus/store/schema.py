@@ -113,13 +113,89 @@ def ddl(dialect: str) -> list[str]:
 
 
 def _security_ddl(t: dict[str, str]) -> list[str]:
-    """Accounts of the SMART authorization server (salus.security): users, clients, codes, tokens, keys."""
-    return []
+    """Accounts of the SMART authorization server (salus.security): users, clients, codes, tokens, keys.
+
+    Times are epoch seconds (integers): they are compared, never displayed. Secrets (passwords, client
+    secrets, codes, refresh tokens) are stored only as hashes; access tokens by their ``jti``.
+    """
+    return [
+        f"""CREATE TABLE IF NOT EXISTS auth_users (
+            username {t['T']} PRIMARY KEY,
+            password_hash {t['T']} NOT NULL,
+            role {t['T']} NOT NULL,
+            fhir_user {t['T']},
+            created {t['I']} NOT NULL)""",
+        f"""CREATE TABLE IF NOT EXISTS auth_clients (
+            client_id {t['T']} PRIMARY KEY,
+            kind {t['T']} NOT NULL,
+            scope {t['T']} NOT NULL,
+            redirect_uris {t['T']} NOT NULL,
+            secret_hash {t['T']},
+            jwks {t['T']},
+            created {t['I']} NOT NULL)""",
+        f"""CREATE TABLE IF NOT EXISTS auth_keys (
+            seq {t['PK']},
+            kid {t['T']} NOT NULL UNIQUE,
+            alg {t['T']} NOT NULL,
+            private_jwk {t['T']} NOT NULL,
+            created {t['I']} NOT NULL)""",
+        # one row per authorization code (by hash); used flips once, atomically, so a code is single use
+        f"""CREATE TABLE IF NOT EXISTS auth_codes (
+            code_hash {t['T']} PRIMARY KEY,
+            client_id {t['T']} NOT NULL,
+            redirect_uri {t['T']} NOT NULL,
+            code_challenge {t['T']} NOT NULL,
+            scope {t['T']} NOT NULL,
+            username {t['T']} NOT NULL,
+            role {t['T']},
+            fhir_user {t['T']},
+            patient {t['T']},
+            nonce {t['T']},
+            expires {t['I']} NOT NULL,
+            used {t['I']} NOT NULL DEFAULT 0)""",
+        # every issued token: access tokens by jti, refresh tokens by hash; grant_id ties together the tokens
+        # of one authorization, so a replayed code or refresh token revokes all of them at once
+        f"""CREATE TABLE IF NOT EXISTS auth_tokens (
+            token_id {t['T']} PRIMARY KEY,
+            kind {t['T']} NOT NULL,
+            grant_id {t['T']} NOT NULL,
+            client_id {t['T']} NOT NULL,
+            subject {t['T']} NOT NULL,
+            role {t['T']},
+            fhir_user {t['T']},
+            patient {t['T']},
+            scope {t['T']} NOT NULL,
+            issued {t['I']} NOT NULL,
+            expires {t['I']} NOT NULL,
+            revoked {t['I']} NOT NULL DEFAULT 0)""",
+        "CREATE INDEX IF NOT EXISTS auth_tokens_grant ON auth_tokens (grant_id)",
+        "CREATE INDEX IF NOT EXISTS auth_tokens_expires ON auth_tokens (expires)",
+        # jti of client assertions (SMART Backend Services), kept until they expire, so none is replayed
+        f"""CREATE TABLE IF NOT EXISTS auth_assertions (
+            client_id {t['T']} NOT NULL,
+            jti {t['T']} NOT NULL,
+            expires {t['I']} NOT NULL,
+            PRIMARY KEY (client_id, jti))""",
+    ]
 
 
 def _audit_ddl(t: dict[str, str]) -> list[str]:
-    """The tamper-evident audit trail (salus.security.audit)."""
-    return []
+    """The tamper-evident audit trail (salus.security.audit): one row per AuditEvent, hash-chained.
+
+    ``seq`` is a plain primary key, not an auto-increment: the appender assigns it under the chain lock,
+    so seq order is chain order (a sequence could hand out numbers that commit out of order).
+    The chain head (``seq:hash``) lives in ``salus_meta`` key ``audit_head``, so a cut tail is detected.
+    """
+    return [
+        f"""CREATE TABLE IF NOT EXISTS audit_log (
+            seq {t['I']} PRIMARY KEY,
+            event_id {t['T']} NOT NULL,
+            recorded {t['T']} NOT NULL,
+            body {t['T']} NOT NULL,
+            prev_hash {t['T']} NOT NULL,
+            hash {t['T']} NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS audit_log_recorded ON audit_log (recorded)",
+    ]
 
 
 _TEXT_COLUMNS = {
