@@ -59,9 +59,10 @@ def _truncate(store: Store) -> None:
     with store.transaction() as tx:
         tx.query(
             "TRUNCATE resources, resource_versions, idx_string, idx_token, idx_reference, idx_date, "
-            "idx_number, idx_quantity, idx_uri, refs, search_param_state RESTART IDENTITY"
+            "idx_number, idx_quantity, idx_uri, refs, search_param_state, audit_log, auth_users, auth_clients, "
+            "auth_keys, auth_codes, auth_tokens, auth_assertions RESTART IDENTITY"
         )
-        tx.query("DELETE FROM salus_meta WHERE key = 'search_params_version'")
+        tx.query("DELETE FROM salus_meta WHERE key IN ('search_params_version', 'audit_head')")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

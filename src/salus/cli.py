@@ -56,31 +56,75 @@ def _describe_db(settings: Settings) -> str:
     return "PostgreSQL at " + url.split("@")[-1]
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
     data_dir: DataDir = None,
     workers: Annotated[int, typer.Option(help="Worker processes (each with its own connections).")] = 1,
+    auth: Annotated[str | None, typer.Option(
+        help="'off' (default, loopback only: every request has full rights) or 'smart' "
+             "(SMART on FHIR access tokens required; also SALUS_AUTH).")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM) to serve HTTPS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM) for --tls-cert.")] = None,
+    behind_tls_proxy: Annotated[bool, typer.Option(
+        "--behind-tls-proxy", help="A TLS-terminating proxy sits in front: allow plain HTTP on a non-loopback address.")] = False,
 ) -> None:
     """Serve the FHIR R4 API at http://HOST:PORT/fhir."""
     import uvicorn
 
-    settings = _settings(data_dir, host=host, port=port, workers=workers)
+    if auth is not None and auth not in ("off", "smart"):
+        console.print(f"[red]error:[/] --auth must be 'off' or 'smart', not {auth!r}")
+        raise typer.Exit(2)
+    try:
+        settings = _settings(data_dir, host=host, port=port, workers=workers, auth=auth)
+    except ValueError as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from err
+    if (tls_cert is None) != (tls_key is None):
+        console.print("[red]error:[/] --tls-cert and --tls-key go together")
+        raise typer.Exit(2)
+    if not _loopback(host):
+        # health data never crosses a network unauthenticated or in clear text
+        if settings.auth == "off":
+            console.print(f"[red]error:[/] security is off, so Salus only listens on loopback, not {host}; "
+                          "use --auth smart (with TLS) to serve a network")
+            raise typer.Exit(2)
+        if tls_cert is None and not behind_tls_proxy:
+            console.print(f"[red]error:[/] refusing to serve {host} without TLS: pass --tls-cert/--tls-key, "
+                          "or --behind-tls-proxy when a TLS proxy sits in front")
+            raise typer.Exit(2)
     # workers are separate processes: hand them the settings through the environment
     os.environ["SALUS_DATA_DIR"] = str(settings.data_dir)
+    os.environ["SALUS_AUTH"] = settings.auth
     if settings.database_url:
         os.environ["SALUS_DATABASE_URL"] = settings.database_url
     from salus.store import open_store
 
     open_store(settings.effective_database_url, pool_size=1).close()  # create/migrate once, before workers start
-    console.print(f"[bold green]Salus[/] FHIR R4 server on [bold]http://{host}:{port}/fhir[/]")
+    scheme = "https" if tls_cert else "http"
+    console.print(f"[bold green]Salus[/] FHIR R4 server on [bold]{scheme}://{host}:{port}/fhir[/]")
     console.print(f"  store: {_describe_db(settings)}; workers: {workers}")
-    console.print("  [yellow]security is OFF[/]: no authentication; keep it on loopback")
-    console.print(f"  try: curl http://{host}:{port}/fhir/metadata")
+    if settings.auth == "off":
+        console.print("  [yellow]security is OFF[/]: no authentication, every request has full rights; loopback only")
+    else:
+        console.print(f"  security: SMART on FHIR; discovery at {scheme}://{host}:{port}/fhir/.well-known/smart-configuration")
+    console.print(f"  try: curl {scheme}://{host}:{port}/fhir/metadata")
     uvicorn.run(
         "salus.api.asgi:app", host=host, port=port, workers=workers, log_level="warning",
-        access_log=False, proxy_headers=False,
+        access_log=False, proxy_headers=behind_tls_proxy,
+        ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None,
     )
 
 

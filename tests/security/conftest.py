@@ -16,37 +16,11 @@ from starlette.testclient import TestClient
 
 from salus.config import Settings
 from salus.security.smart import auth_routes
-from salus.store import Store, open_store
+from salus.store import Store
 
 BASE = "http://testserver/fhir"
 TOKEN_URL = f"{BASE}/auth/token"
 REDIRECT = "https://app.example.org/callback"
-AUTH_TABLES = ("auth_users", "auth_clients", "auth_keys", "auth_codes", "auth_tokens", "auth_assertions")
-
-
-def _clean(store: Store) -> None:
-    # the session's PostgreSQL schema is shared by every test and tests/conftest.py truncates only its own tables
-    with store.transaction() as tx:
-        for table in AUTH_TABLES:
-            tx.query(f"DELETE FROM {table}")
-
-
-@pytest.fixture
-def backend(backend: str) -> str:
-    """The parent fixture's fresh database, with the auth tables emptied too."""
-    s = open_store(backend, pool_size=1)
-    _clean(s)
-    s.close()
-    return backend
-
-
-@pytest.fixture
-def store(store: Store) -> Store:
-    """The parent fixture's empty store, with the auth tables emptied too."""
-    _clean(store)
-    return store
-
-
 @pytest.fixture
 def smart_settings(tmp_path: Path) -> Settings:
     """SMART on, tokens for an hour."""

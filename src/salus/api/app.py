@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
@@ -16,8 +17,10 @@ from salus.api.formats import FHIR_JSON, dumps, negotiate, outcome_response
 from salus.api.openapi import api_docs, openapi_endpoint
 from salus.api.operations import Operations
 from salus.api.rest import RestApi
+from salus.api.security import SecurityMiddleware
 from salus.config import Settings
 from salus.fhir.outcome import FhirError
+from salus.security.smart import auth_routes
 from salus.service import FhirService
 from salus.store import open_store
 
@@ -46,7 +49,9 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     async def root(request: Request) -> Response:
         return RedirectResponse(f"{b}/metadata")
 
-    routes = [
+    # the authorization server's routes come first: {base}/auth/token would otherwise match {type}/{id}
+    routes = auth_routes(settings, service.store) if settings.auth == "smart" else []
+    routes += [
         Route("/", root, methods=["GET"]),
         Route(f"{b}/metadata", metadata, methods=["GET"]),
         Route(f"{b}/metadata", not_allowed, methods=["POST", "PUT", "DELETE", "PATCH"]),
@@ -103,6 +108,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
 
     app = Starlette(
         routes=routes,
+        middleware=[Middleware(SecurityMiddleware, settings=settings, store=service.store)],
         exception_handlers={FhirError: fhir_error, HTTPException: http_error, Exception: server_error},
     )
     app.state.service = service

@@ -7,6 +7,9 @@ once; everything below decides from it and never looks at tokens or headers.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 # people's roles and the non-person kinds (issue 5: roles for people, devices and integrations)
@@ -49,3 +52,27 @@ class RequestContext:
     user_agent: str | None = None
     purpose: str | None = None  # purpose of use (e.g. ETREAT, BTG for break-the-glass)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+_current: ContextVar[RequestContext | None] = ContextVar("salus_request_context", default=None)
+_NO_DOOR = RequestContext(request_id="no-door")
+
+
+def current() -> RequestContext:
+    """The context of the request being served (security off and no door: the anonymous default).
+
+    A context variable, so that every layer reached by one request (the service,
+    the transaction bundle's entries, worker threads started with anyio, which
+    copy the context) sees the same caller without threading it through every call.
+    """
+    return _current.get() or _NO_DOOR
+
+
+@contextmanager
+def acting_as(ctx: RequestContext) -> Iterator[RequestContext]:
+    """Run the block as ``ctx`` (a door sets it once per request; tests use it directly)."""
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)

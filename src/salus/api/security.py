@@ -1,0 +1,91 @@
+"""The door's half of security: who is calling, set once per request for every layer below.
+
+With ``auth = "off"`` (the loopback default) every request acts as the
+unrestricted anonymous principal. With ``auth = "smart"`` every FHIR request
+needs a bearer access token of this server (or of the configured OpenID
+Connect provider); discovery, the CapabilityStatement, the API description and
+the authorization server's own endpoints stay public, as SMART requires.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from salus.api.formats import outcome_response
+from salus.config import Settings
+from salus.fhir.outcome import FhirError
+from salus.security.principal import ANONYMOUS, Principal, RequestContext, acting_as
+from salus.security.tokens import bearer_token, fhir_base_url, verify_access_token
+from salus.store import Store
+
+# nobody: what an unauthenticated caller of a public endpoint acts as when security is on
+NOBODY = Principal(subject="anonymous", kind="anonymous")
+BREAK_GLASS_HEADER = "x-salus-break-glass"
+
+
+class SecurityMiddleware:
+    """Resolve the caller of each HTTP request into a ``RequestContext`` (pure ASGI, no buffering)."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, store: Store) -> None:
+        self.app = app
+        self.settings = settings
+        self.store = store
+        b = settings.base_path
+        self.public_exact = {"/", f"{b}/metadata", f"{b}/openapi.json", f"{b}/api-docs",
+                             f"{b}/.well-known/smart-configuration"}
+        self.public_prefix = f"{b}/auth/"
+
+    def _public(self, path: str) -> bool:
+        return path in self.public_exact or path.startswith(self.public_prefix)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Authenticate, then run the app as the caller; a bad or missing token is a 401 OperationOutcome."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        try:
+            principal = await self._principal(request)
+        except FhirError as err:
+            response = outcome_response(request, err)
+            detail = err.issues[0].diagnostics if err.issues else "authentication required"
+            response.headers["WWW-Authenticate"] = (
+                f'Bearer realm="salus", error="invalid_token", error_description="{_quote(detail)}"'
+                if request.headers.get("authorization") else 'Bearer realm="salus"'
+            )
+            await response(scope, receive, send)
+            return
+        client = scope.get("client")
+        ctx = RequestContext(
+            principal=principal,
+            source=client[0] if client else None,
+            user_agent=request.headers.get("user-agent"),
+            purpose="BTG" if principal.break_glass else None,
+        )
+        with acting_as(ctx):
+            await self.app(scope, receive, send)
+
+    async def _principal(self, request: Request) -> Principal:
+        if self.settings.auth == "off":
+            return ANONYMOUS
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
+            if self._public(request.url.path):
+                return NOBODY
+            raise FhirError.of(401, "login", "This server requires a SMART on FHIR bearer access token")
+        base = fhir_base_url(self.settings, str(request.base_url))
+        principal = await run_in_threadpool(
+            verify_access_token, token, store=self.store, settings=self.settings, base_url=base
+        )
+        reason = request.headers.get(BREAK_GLASS_HEADER)
+        if reason:
+            principal = replace(principal, break_glass=True)
+        return principal
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "").replace('"', "'")
