@@ -39,6 +39,8 @@ class Settings:
     refresh_token_ttl: int = 30 * 24 * 3600
     external_oidc_issuer: str | None = None
     external_oidc_jwks: str | None = None  # a JWKS URL or a file path
+    # the tamper-evident audit trail (salus.security.audit); None: on exactly when auth is on
+    audit: bool | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -72,10 +74,17 @@ class Settings:
             s = replace(s, external_oidc_issuer=v.rstrip("/"))
         if v := env.get("SALUS_OIDC_JWKS"):
             s = replace(s, external_oidc_jwks=v)
+        if v := env.get("SALUS_AUDIT"):
+            s = replace(s, audit=_bool(v))
         clean = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in clean:
             clean["data_dir"] = Path(clean["data_dir"])  # type: ignore[arg-type]
         return replace(s, **clean)  # type: ignore[arg-type]
+
+    @property
+    def audit_enabled(self) -> bool:
+        """Whether interactions are audited: as configured, else whenever security is on."""
+        return self.audit if self.audit is not None else self.auth != "off"
 
     @property
     def effective_database_url(self) -> str:

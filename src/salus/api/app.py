@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from starlette.applications import Starlette
@@ -106,7 +108,13 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
             status_code=500, media_type=FHIR_JSON,
         )
 
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        service.close()  # what is still buffered (audit events of reads) reaches the database
+
     app = Starlette(
+        lifespan=lifespan,
         routes=routes,
         middleware=[Middleware(SecurityMiddleware, settings=settings, store=service.store)],
         exception_handlers={FhirError: fhir_error, HTTPException: http_error, Exception: server_error},

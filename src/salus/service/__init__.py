@@ -29,6 +29,7 @@ from salus.fhir.validate import validate_or_raise
 from salus.search.engine import SearchResult, match_ids, run_search
 from salus.search.indexing import index_rows
 from salus.search.registry import Overlay, SearchParameterRegistry, in_force, pending_issue
+from salus.service.auditing import Auditor
 from salus.service.fhirpath_patch import apply_fhirpath_patch
 from salus.store import Store, StoredVersion, Transaction
 from salus.store.base import IndexRows, NewResource
@@ -94,6 +95,12 @@ class FhirService:
         self._pending = threading.local()
         self.search_parameters = SearchParameterRegistry(store)
         self.events.subscribe(self._search_parameter_changed)
+        self.audit = Auditor(store, self.settings) if self.settings.audit_enabled else None
+
+    def close(self) -> None:
+        """Flush what is still buffered (read audit events); the store stays open for its owner."""
+        if self.audit is not None:
+            self.audit.close()
 
     # ---- plumbing ------------------------------------------------------------------
 
@@ -117,6 +124,9 @@ class FhirService:
             # the parameters in force are read inside the transaction: rows are never extracted for stale ones
             with self.store.transaction() as tx, self.search_parameters.active(self.search_parameters.sync(tx)):
                 yield tx
+                if self.audit is not None:
+                    # last, in the same transaction: the chain's lock is then held only until the commit
+                    self.audit.writes(tx, self._pending.events)
             events = self._pending.events
         finally:
             self._pending.events = None
@@ -151,6 +161,8 @@ class FhirService:
             raise FhirError.of(404, "not-found", f"Resource {res_type}/{res_id} is not known")
         if v.deleted:
             raise FhirError.of(410, "deleted", f"Resource {res_type}/{res_id} was deleted (version {v.version})")
+        if self.audit is not None:
+            self.audit.read("read", v)
         return v
 
     def vread(self, res_type: str, res_id: str, version: str) -> StoredVersion:
@@ -164,6 +176,8 @@ class FhirService:
             raise FhirError.of(404, "not-found", f"Version {version} of {res_type}/{res_id} is not known")
         if v.deleted:
             raise FhirError.of(410, "deleted", f"Version {version} of {res_type}/{res_id} is a deletion")
+        if self.audit is not None:
+            self.audit.read("vread", v)
         return v
 
     def history(
@@ -183,6 +197,8 @@ class FhirService:
         limit = self.page_size(count)
         versions = self.store.history(res_type, res_id, since=since_db, at=at_db, before_seq=before_seq, limit=limit)
         total = len(versions) if at_db else self.store.history_count(res_type, res_id, since=since_db)
+        if self.audit is not None:
+            self.audit.history(res_type, res_id)
         return versions, total
 
     def page_size(self, count: int | None) -> int:
@@ -200,10 +216,13 @@ class FhirService:
         if res_type is not None:
             self.check_type(res_type)
         with self.search_parameters.active():
-            return run_search(
+            result = run_search(
                 tx or self.store, res_type, query, count=self.page_size(count), offset=offset, strict=strict,
                 compartment=compartment, cursor=cursor,
             )
+        if self.audit is not None:
+            self.audit.search(res_type, query, compartment, result)
+        return result
 
     # ---- writes ------------------------------------------------------------------------
 

@@ -1,0 +1,75 @@
+"""Every interaction leaves an AuditEvent in the tamper-evident chain, written with the change it records."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import replace
+
+import orjson
+import pytest
+from starlette.testclient import TestClient
+
+from salus.api import create_app
+from salus.config import Settings
+from salus.security import audit
+from salus.store import Store
+
+
+@pytest.fixture
+def audited(store: Store, settings: Settings) -> Iterator[tuple[TestClient, Settings]]:
+    """The app with the audit trail on (security off, so requests act as the anonymous caller).
+
+    The client is started but not stopped: a test stops it (``__exit__``) to run the app's shutdown.
+    """
+    from salus.service import FhirService
+
+    on = replace(settings, audit=True)
+    client = TestClient(create_app(on, FhirService(store, on)), base_url="http://testserver")
+    client.__enter__()
+    yield client, on
+    if client.portal is not None:  # not stopped by the test
+        client.__exit__(None, None, None)
+
+
+def events(store: Store) -> list[dict]:
+    return [orjson.loads(b) for (b,) in store.query("SELECT body FROM audit_log ORDER BY seq")]
+
+
+def test_writes_reads_and_searches_are_audited_and_chained(audited: tuple[TestClient, Settings], store: Store) -> None:
+    client, settings = audited
+    pid = client.post("/fhir/Patient", json={"resourceType": "Patient", "gender": "male"}).json()["id"]
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": f"Patient/{pid}"}}
+    oid = client.post("/fhir/Observation", json=obs).json()["id"]
+    # writes are in the chain as soon as they commit
+    written = events(store)
+    assert [e["subtype"][0]["code"] for e in written] == ["create", "create"]
+    assert written[1]["action"] == "C"
+    whats = [ent["what"].get("reference") for ent in written[1]["entity"] if "what" in ent]
+    assert f"Observation/{oid}/_history/1" in whats
+    assert f"Patient/{pid}" in whats  # BALP: the patient the data is about
+
+    client.get(f"/fhir/Observation/{oid}")
+    client.get("/fhir/Observation", params={"subject": f"Patient/{pid}"})
+    assert client.delete(f"/fhir/Observation/{oid}").status_code in (200, 204)
+    client.__exit__(None, None, None)  # the app's shutdown flushes the buffered read events
+
+    codes = [e["subtype"][0]["code"] for e in events(store)]
+    assert codes.count("read") == 1 and codes.count("search-type") == 1 and codes.count("delete") == 1
+    search = next(e for e in events(store) if e["subtype"][0]["code"] == "search-type")
+    query = next(ent["query"] for ent in search["entity"] if "query" in ent)
+    assert f"subject=Patient%2F{pid}" in base64.b64decode(query).decode()
+    result = audit.verify(store, audit.load_key(settings.data_dir))
+    assert result.ok and result.checked == len(codes)
+
+
+def test_a_failed_write_leaves_no_audit_entry(audited: tuple[TestClient, Settings], store: Store) -> None:
+    client, _ = audited
+    bad = client.post("/fhir/Observation", json={"resourceType": "Observation", "status": "nonsense"})
+    assert bad.status_code in (400, 422)
+    assert events(store) == []
+
+
+def test_audit_is_off_by_default_without_security(client: TestClient, store: Store) -> None:
+    client.post("/fhir/Patient", json={"resourceType": "Patient"})
+    assert events(store) == []
