@@ -28,9 +28,12 @@ from salus.fhir.refs import is_valid_id, targets_in_json
 from salus.fhir.validate import validate_or_raise
 from salus.search.engine import SearchResult, match_ids, run_search
 from salus.search.indexing import index_rows
+from salus.search.parse import parse_query
 from salus.search.registry import Overlay, SearchParameterRegistry, in_force, pending_issue
+from salus.security.policy import Access
 from salus.service.auditing import Auditor
 from salus.service.fhirpath_patch import apply_fhirpath_patch
+from salus.service.guard import Guard, access, link_types
 from salus.store import Store, StoredVersion, Transaction
 from salus.store.base import IndexRows, NewResource
 
@@ -96,6 +99,7 @@ class FhirService:
         self.search_parameters = SearchParameterRegistry(store)
         self.events.subscribe(self._search_parameter_changed)
         self.audit = Auditor(store, self.settings) if self.settings.audit_enabled else None
+        self.guard = Guard(self.audit)
 
     def close(self) -> None:
         """Flush what is still buffered (read audit events); the store stays open for its owner."""
@@ -161,6 +165,7 @@ class FhirService:
             raise FhirError.of(404, "not-found", f"Resource {res_type}/{res_id} is not known")
         if v.deleted:
             raise FhirError.of(410, "deleted", f"Resource {res_type}/{res_id} was deleted (version {v.version})")
+        self.guard.check_body("r", res_type, res_id, v.body)
         if self.audit is not None:
             self.audit.read("read", v)
         return v
@@ -176,6 +181,7 @@ class FhirService:
             raise FhirError.of(404, "not-found", f"Version {version} of {res_type}/{res_id} is not known")
         if v.deleted:
             raise FhirError.of(410, "deleted", f"Version {version} of {res_type}/{res_id} is a deletion")
+        self.guard.check_body("r", res_type, res_id, v.body)
         if self.audit is not None:
             self.audit.read("vread", v)
         return v
@@ -190,13 +196,27 @@ class FhirService:
         if res_id is not None:
             assert res_type is not None
             self.check_id(res_id)
-            if self.store.read(res_type, res_id) is None:
+            now = self.store.read(res_type, res_id)
+            if now is None:
                 raise FhirError.of(404, "not-found", f"Resource {res_type}/{res_id} is not known")
+            if access() is not None:
+                # the latest version with content says whose it is (a deleted one has none)
+                latest = next((v for v in self.store.history(res_type, res_id, since=None, at=None, before_seq=None,
+                                                             limit=1000) if v.body is not None), now)
+                self.guard.check_body("r", res_type, res_id, latest.body)
+        elif res_type is not None:
+            self.guard.require("s", res_type)
         since_db = parse_instant(since, "_since") if since else None
         at_db = parse_instant(at, "_at") if at else None
         limit = self.page_size(count)
         versions = self.store.history(res_type, res_id, since=since_db, at=at_db, before_seq=before_seq, limit=limit)
         total = len(versions) if at_db else self.store.history_count(res_type, res_id, since=since_db)
+        if res_id is None and (acc := access()) is not None:
+            # type and system history: only the versions the caller may see; the total of what it may see is
+            # unknown without reading them all, so it is the page's (no count of others' data leaks)
+            kept = [v for v in versions if v.body is not None and self.guard.permits(acc, "s", v.res_type, orjson.loads(v.body))]
+            if len(kept) != len(versions):
+                versions, total = kept, len(kept)
         if self.audit is not None:
             self.audit.history(res_type, res_id)
         return versions, total
@@ -216,13 +236,29 @@ class FhirService:
         if res_type is not None:
             self.check_type(res_type)
         with self.search_parameters.active():
+            acc = access()
+            if acc is not None:
+                reached = link_types(parse_query(res_type, query))
+                acc, compartment = self.guard.search_scope(res_type, reached, compartment)
             result = run_search(
                 tx or self.store, res_type, query, count=self.page_size(count), offset=offset, strict=strict,
                 compartment=compartment, cursor=cursor,
             )
+        if acc is not None:
+            self._visible_only(acc, result)
         if self.audit is not None:
             self.audit.search(res_type, query, compartment, result)
         return result
+
+    def _visible_only(self, acc: Access, result: SearchResult) -> None:
+        """Drop the matches and included resources the caller may not see (granular scopes, system search)."""
+        def ok(interaction: str, entry: tuple[str, str, str]) -> bool:
+            return self.guard.permits(acc, interaction, entry[0], orjson.loads(entry[2]))
+
+        kept = [e for e in result.entries if ok("s", e)]
+        if len(kept) != len(result.entries):
+            result.entries, result.total = kept, None  # the total counted what the caller may not see
+        result.included = [e for e in result.included if ok("r", e)]
 
     # ---- writes ------------------------------------------------------------------------
 
@@ -267,6 +303,10 @@ class FhirService:
     ) -> StoredVersion:
         """Write the next version of ``res_type/res_id`` (a deletion when ``resource`` is None)."""
         current = tx.current(res_type, res_id)
+        exists = current is not None and not current.deleted
+        if access() is not None:
+            old = tx.read(res_type, res_id) if exists else None
+            self.guard.check_write(res_type, res_id, resource, old.body if old else None, exists)
         version = (current.version + 1) if current else 1
         stamp = db_instant(self.now())
         body: str | None = None
@@ -451,6 +491,10 @@ class FhirService:
 
         def work(t: Transaction) -> WriteResult:
             current = t.current(res_type, res_id)
+            if current is not None and not current.deleted and access() is not None:
+                # before If-Match and the referrers: their answers would tell a stranger about the resource
+                old = t.read(res_type, res_id)
+                self.guard.check_write(res_type, res_id, None, old.body if old else None, True)
             check_if_match(if_match, current.version if current and not current.deleted else None, f"{res_type}/{res_id}")
             if current is None or current.deleted:
                 return WriteResult(204, None)
