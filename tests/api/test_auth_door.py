@@ -84,3 +84,31 @@ def test_serve_refuses_unsafe_starts(tmp_path: object, args: list[str], message:
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_capability_statement_names_smart(secure: TestClient, client: TestClient) -> None:
+    security = secure.get("/fhir/metadata").json()["rest"][0]["security"]
+    assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
+    uris = {e["url"]: e["valueUri"] for e in security["extension"][0]["extension"]}
+    assert uris["token"].endswith("/fhir/auth/token") and uris["authorize"].endswith("/fhir/auth/authorize")
+    assert "security" not in client.get("/fhir/metadata").json()["rest"][0]
+
+
+def test_reindex_is_for_administrators(secure: TestClient, store: Store) -> None:
+    clinician = {"Authorization": f"Bearer {token(store, 'user/*.cruds', role='clinician')}"}
+    admin = {"Authorization": f"Bearer {token(store, 'user/*.cruds', role='admin')}"}
+    r = secure.post("/fhir/Patient/$reindex", headers=clinician)
+    assert r.status_code == 403 and r.json()["issue"][0]["code"] == "forbidden"
+    assert secure.post("/fhir/Patient/$reindex", headers=admin).status_code == 200
+
+
+def test_audit_events_are_never_rewritten(client: TestClient) -> None:
+    event = {"resourceType": "AuditEvent", "type": {"system": "http://dicom.nema.org/resources/ontology/DCM",
+             "code": "110100"}, "recorded": "2026-01-01T00:00:00Z",
+             "agent": [{"requestor": True, "who": {"display": "x"}}], "source": {"observer": {"display": "x"}}}
+    created = client.post("/fhir/AuditEvent", json=event)
+    assert created.status_code == 201, created.text
+    aid = created.json()["id"]
+    assert client.put(f"/fhir/AuditEvent/{aid}", json={**event, "id": aid}).status_code == 405
+    assert client.delete(f"/fhir/AuditEvent/{aid}").status_code == 405
+    assert client.get(f"/fhir/AuditEvent/{aid}").status_code == 200

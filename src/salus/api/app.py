@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     async def metadata(request: Request) -> Response:
         media = negotiate(request)
         with api.service.search_parameters.active():  # it lists the custom parameters too
-            cs = capability_statement(api.base_url(request), started)
+            cs = capability_statement(api.base_url(request), started, smart=settings.auth == "smart")
         return Response(dumps(cs, request), media_type=media)
 
     async def not_allowed(request: Request) -> Response:
@@ -52,7 +52,8 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
         return RedirectResponse(f"{b}/metadata")
 
     # the authorization server's routes come first: {base}/auth/token would otherwise match {type}/{id}
-    routes = auth_routes(settings, service.store) if settings.auth == "smart" else []
+    on_login = service.audit.login if service.audit is not None else None
+    routes = auth_routes(settings, service.store, on_login) if settings.auth == "smart" else []
     routes += [
         Route("/", root, methods=["GET"]),
         Route(f"{b}/metadata", metadata, methods=["GET"]),

@@ -16,7 +16,25 @@ REINDEX = {"name": "reindex", "definition": "http://salus.example.org/fhir/Opera
 NOT_INDEXED_YET = "Not indexed yet: searches leave it out (400 with Prefer: handling=strict) until $reindex finishes"
 
 
-def capability_statement(base_url: str, software_date: str) -> dict[str, Any]:
+def _security(base_url: str, smart: bool) -> dict[str, Any]:
+    """``rest.security``: SMART on FHIR with its OAuth endpoints (the discovery document has the rest)."""
+    if not smart:
+        return {"documentation": "Security is not enabled on this server: every request has full rights."}
+    auth = f"{base_url}/auth"
+    return {"security": {
+        "cors": True,
+        "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                 "code": "SMART-on-FHIR", "display": "SMART-on-FHIR"}]}],
+        "description": "SMART App Launch 2.0 and Backend Services; see .well-known/smart-configuration",
+        "extension": [{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [{"url": name, "valueUri": f"{auth}/{path}"} for name, path in (
+                ("authorize", "authorize"), ("token", "token"), ("revoke", "revoke"), ("introspect", "introspect"))],
+        }],
+    }}
+
+
+def capability_statement(base_url: str, software_date: str, *, smart: bool = False) -> dict[str, Any]:
     """The server's CapabilityStatement (R4), listing every resource type and the search parameters really indexed.
 
     Custom parameters (SearchParameter resources stored here) are those in force in the caller's context.
@@ -63,7 +81,7 @@ def capability_statement(base_url: str, software_date: str) -> dict[str, Any]:
         "patchFormat": ["application/json-patch+json", "application/fhir+json"],
         "rest": [{
             "mode": "server",
-            "documentation": "Security is not enabled on this server.",
+            **_security(base_url, smart),
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}, {"code": "search-system"}],
             "searchParam": [

@@ -22,6 +22,7 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode
@@ -142,6 +143,8 @@ class AuthServer:
 
     settings: Settings
     store: Store
+    # told of every login attempt (username, succeeded): the audit trail records both kinds
+    on_login: Callable[[str, bool], None] | None = None
 
     def base_url(self, request: Request) -> str:
         """The FHIR base URL this request reached (the ``aud`` of SMART tokens)."""
@@ -234,6 +237,8 @@ class AuthServer:
             user = self._check_ticket(ticket, client.client_id, base)
         elif posted and "username" in params:
             user = authenticate_user(self.store, params.get("username", ""), params.get("password", ""))
+            if self.on_login is not None:
+                self.on_login(params.get("username", "")[:200], user is not None)
             if user is None:
                 return self._login_page(oauth, client, "Unknown username or wrong password.", 401)
         if user is None:
@@ -558,9 +563,11 @@ def _patient_label(rid: str, body: str | None) -> str:
     return f"{text} ({rid})" if text else rid
 
 
-def auth_routes(settings: Settings, store: Store) -> list[Route]:
+def auth_routes(
+    settings: Settings, store: Store, on_login: Callable[[str, bool], None] | None = None,
+) -> list[Route]:
     """The authorization server's routes, to mount at the server root (paths include the FHIR base path)."""
-    server = AuthServer(settings, store)
+    server = AuthServer(settings, store, on_login)
     b = settings.base_path
     return [
         Route(f"{b}/.well-known/smart-configuration", server.smart_configuration, methods=["GET"]),

@@ -304,6 +304,9 @@ class FhirService:
         """Write the next version of ``res_type/res_id`` (a deletion when ``resource`` is None)."""
         current = tx.current(res_type, res_id)
         exists = current is not None and not current.deleted
+        if res_type == "AuditEvent" and current is not None:
+            # a record of what happened is never rewritten (the audit trail itself is the hash chain)
+            raise FhirError.of(405, "not-supported", "AuditEvents cannot be updated or deleted")
         if access() is not None:
             old = tx.read(res_type, res_id) if exists else None
             self.guard.check_write(res_type, res_id, resource, old.body if old else None, exists)
@@ -375,6 +378,7 @@ class FhirService:
         """Rebuild the index rows of the current resources of ``types`` (None: every type), or of one resource."""
         from salus.service.reindex import reindex  # it calls back into this service
 
+        self.guard.operation("$reindex")
         return reindex(self, types, res_id, batch=batch, progress=progress)
 
     def _lock_and_match(self, tx: Transaction, res_type: str, query: str) -> list[tuple[str, int]]:

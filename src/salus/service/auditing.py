@@ -88,6 +88,13 @@ class Auditor:
             patient=res_id if res_type == "Patient" else None,
         ))
 
+    def login(self, username: str, succeeded: bool) -> None:
+        """A login at the authorization server, successful or not (BALP: user authentication)."""
+        self.buffer.record(audit.audit_event(
+            current(), None, "login", outcome=0 if succeeded else 4, username=username,
+            description=None if succeeded else "Unknown username or wrong password",
+        ))
+
     def denied(self, interaction: str, res_type: str | None, res_id: str | None, reason: str) -> None:
         """An access the policy refused (outcome 4, minor failure, with the reason)."""
         self.buffer.record(audit.audit_event(

@@ -63,6 +63,14 @@ class Guard:
                             f"Access denied: {_INTERACTION_NAMES[interaction]} of {res_type} is not granted")
         return acc
 
+    def operation(self, name: str) -> None:
+        """403 unless the caller may run the operation (``$reindex``, ``$erase``, ``$export``, ``audit``)."""
+        acc = access()
+        if acc is not None and not acc.can_operation(name):
+            if self.auditor is not None:
+                self.auditor.denied("operation", None, None, f"{name} is not granted")
+            raise FhirError.of(403, "forbidden", f"Access denied: {name} is not granted to this caller")
+
     @staticmethod
     def permits(acc: Access | None, interaction: str, res_type: str, resource: dict[str, Any] | None) -> bool:
         """Whether the caller may see or write this resource (type allowed, compartment, granular scopes)."""
