@@ -157,3 +157,21 @@ def test_bearer_token_header() -> None:
     assert bearer_token("Bearer") is None
     assert bearer_token("Bearer a b") is None
     assert bearer_token(None) is None
+
+
+def test_a_revocation_by_another_process_applies_within_seconds(store: Store, smart_settings: Settings) -> None:
+    """Another worker's revocation reaches this process's memory of live tokens within REVOCATION_RECHECK."""
+    from salus.security import tokens
+
+    issued = issue_access_token(store, smart_settings, BASE, GRANT)
+    t0 = time.time()
+    verify_access_token(issued.token, store=store, settings=smart_settings, base_url=BASE, now=t0)
+    with store.transaction() as tx:  # as `salus users remove` in another process would
+        tx.query("UPDATE auth_tokens SET revoked = 1 WHERE token_id = ?", [issued.jti])
+    # within the recheck interval this process still trusts what it checked (documented trade-off)...
+    verify_access_token(issued.token, store=store, settings=smart_settings, base_url=BASE, now=t0 + 0.5)
+    # ...and no longer after it
+    with pytest.raises(FhirError) as info:
+        verify_access_token(issued.token, store=store, settings=smart_settings, base_url=BASE,
+                            now=t0 + tokens.REVOCATION_RECHECK + 0.5)
+    assert info.value.status == 401

@@ -19,7 +19,7 @@ from salus.api.formats import outcome_response
 from salus.config import Settings
 from salus.fhir.outcome import FhirError
 from salus.security.principal import ANONYMOUS, Principal, RequestContext, acting_as
-from salus.security.tokens import bearer_token, fhir_base_url, verify_access_token
+from salus.security.tokens import NeedsDatabase, bearer_token, fhir_base_url, verify_access_token
 from salus.store import Store
 
 # nobody: what an unauthenticated caller of a public endpoint acts as when security is on
@@ -78,9 +78,14 @@ class SecurityMiddleware:
                 return NOBODY
             raise FhirError.of(401, "login", "This server requires a SMART on FHIR bearer access token")
         base = fhir_base_url(self.settings, str(request.base_url))
-        principal = await run_in_threadpool(
-            verify_access_token, token, store=self.store, settings=self.settings, base_url=base
-        )
+        try:
+            # a token seen in the last seconds needs no database read: checked here, without a thread hop
+            principal = verify_access_token(token, store=self.store, settings=self.settings, base_url=base,
+                                            offline=True)
+        except NeedsDatabase:
+            principal = await run_in_threadpool(
+                verify_access_token, token, store=self.store, settings=self.settings, base_url=base
+            )
         reason = request.headers.get(BREAK_GLASS_HEADER)
         if reason:
             principal = replace(principal, break_glass=True)

@@ -21,6 +21,7 @@ import secrets
 import threading
 import time
 import urllib.request
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,7 @@ def revoke_grant(store: Store, grant_id: str) -> None:
     """Revoke every token of one authorization (a replayed code or refresh token)."""
     with store.transaction() as tx:
         tx.query("UPDATE auth_tokens SET revoked = 1 WHERE grant_id = ?", (grant_id,))
+    forget()
 
 
 def use_refresh_token(store: Store, value: str, client_id: str) -> Grant | None:
@@ -211,6 +213,7 @@ def revoke_token(store: Store, value: str, client_id: str) -> None:
         with store.transaction() as tx:
             tx.query("UPDATE auth_tokens SET revoked = 1 WHERE token_id = ? AND kind = 'access' AND client_id = ?",
                      (jti, client_id))
+        forget(jti)
 
 
 # ---- verifying -------------------------------------------------------------------
@@ -271,20 +274,15 @@ def _scopes(claims: dict[str, Any]) -> frozenset[str]:
     return frozenset()
 
 
-def verify_access_token(
-    token: str, *, store: Queryable, settings: Settings, base_url: str | None = None, now: float | None = None,
-) -> Principal:
-    """The ``Principal`` a bearer access token stands for; ``FhirError`` 401 when it is not acceptable.
+# tokens whose signature has been checked: verifying an RS256 signature and parsing the JWT took most
+# of a request's time (~80 us); expiry, audience and revocation are still checked on every request
+_VERIFIED: OrderedDict[tuple[str, str, str | None, str | None], tuple[dict[str, Any], bool]] = OrderedDict()
+_VERIFIED_LOCK = threading.Lock()
+_VERIFIED_MAX = 10_000
 
-    Checked: a signature by a key of its issuer (this server or the configured external OpenID
-    Connect provider) with an algorithm that issuer signs with (never ``none``), ``exp``, ``nbf``
-    and ``iat``, the audience (the FHIR base URL) and, for this server's tokens, that the ``jti``
-    was issued here and not revoked. ``base_url`` is the FHIR base URL the request came to, needed
-    when ``settings.public_base_url`` is not set.
-    """
-    base = (settings.public_base_url or base_url or "").rstrip("/")
-    if not base:
-        raise ValueError("the FHIR base URL is unknown: set public_base_url or pass base_url")
+
+def _signed_claims(token: str, store: Queryable, settings: Settings, base: str) -> tuple[dict[str, Any], bool]:
+    """The claims of a token whose signature verifies with its issuer's keys, and whether the issuer is external."""
     header, untrusted = unverified(token)
     iss = untrusted.get("iss")
     external = False
@@ -305,6 +303,75 @@ def verify_access_token(
         claims = jwt.decode(token, keyset, algorithms=algorithms).claims
     except (JoseError, ValueError) as err:
         raise _unauthorized("the access token's signature is not valid") from err
+    return claims, external
+
+
+class NeedsDatabase(Exception):
+    """Raised by ``verify_access_token(offline=True)`` when the answer needs a database read."""
+
+
+# when each token id was last found not revoked: the check is repeated at most every REVOCATION_RECHECK
+# seconds per process (a revocation here clears it at once; other worker processes see it within that time)
+REVOCATION_RECHECK = 2.0
+_LIVE: OrderedDict[str, float] = OrderedDict()
+
+
+def _check_not_revoked(store: Queryable, jti: str, at: float, offline: bool) -> None:
+    with _VERIFIED_LOCK:
+        seen = _LIVE.get(jti)
+    if seen is not None and at - seen < REVOCATION_RECHECK:
+        return
+    if offline:
+        raise NeedsDatabase
+    rows = store.query("SELECT revoked FROM auth_tokens WHERE token_id = ? AND kind = 'access'", (jti,))
+    if not rows or int(rows[0][0]):
+        forget(jti)
+        raise _unauthorized("the access token has been revoked")
+    with _VERIFIED_LOCK:
+        _LIVE[jti] = at
+        _LIVE.move_to_end(jti)
+        while len(_LIVE) > _VERIFIED_MAX:
+            _LIVE.popitem(last=False)
+
+
+def forget(jti: str | None = None) -> None:
+    """Drop what this process remembers of a token id (every id: None), so a revocation applies at once."""
+    with _VERIFIED_LOCK:
+        if jti is None:
+            _LIVE.clear()
+        else:
+            _LIVE.pop(jti, None)
+
+
+def verify_access_token(
+    token: str, *, store: Queryable, settings: Settings, base_url: str | None = None, now: float | None = None,
+    offline: bool = False,
+) -> Principal:
+    """The ``Principal`` a bearer access token stands for; ``FhirError`` 401 when it is not acceptable.
+
+    Checked: a signature by a key of its issuer (this server or the configured external OpenID
+    Connect provider) with an algorithm that issuer signs with (never ``none``), ``exp``, ``nbf``
+    and ``iat``, the audience (the FHIR base URL) and, for this server's tokens, that the ``jti``
+    was issued here and not revoked. ``base_url`` is the FHIR base URL the request came to, needed
+    when ``settings.public_base_url`` is not set.
+    """
+    base = (settings.public_base_url or base_url or "").rstrip("/")
+    if not base:
+        raise ValueError("the FHIR base URL is unknown: set public_base_url or pass base_url")
+    key = (token, base, settings.auth_issuer, settings.external_oidc_issuer)
+    with _VERIFIED_LOCK:
+        cached = _VERIFIED.get(key)
+        if cached is not None:
+            _VERIFIED.move_to_end(key)
+    if cached is None:
+        if offline:
+            raise NeedsDatabase  # the issuer's keys are read from the database
+        cached = _signed_claims(token, store, settings, base)
+        with _VERIFIED_LOCK:
+            _VERIFIED[key] = cached
+            while len(_VERIFIED) > _VERIFIED_MAX:
+                _VERIFIED.popitem(last=False)
+    claims, external = cached
     at = time.time() if now is None else now
     exp = claims.get("exp")
     if not isinstance(exp, int | float) or isinstance(exp, bool):
@@ -321,9 +388,9 @@ def verify_access_token(
         raise _unauthorized("the access token is not meant for this server")
     jti = claims.get("jti")
     if not external:
-        rows = store.query("SELECT revoked FROM auth_tokens WHERE token_id = ? AND kind = 'access'", (str(jti),))
-        if not isinstance(jti, str) or not rows or int(rows[0][0]):
-            raise _unauthorized("the access token has been revoked")
+        if not isinstance(jti, str):
+            raise _unauthorized("the access token has no id")
+        _check_not_revoked(store, jti, at, offline)
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise _unauthorized("the access token has no subject")

@@ -88,10 +88,17 @@ class Guard:
             return False
         return filters is None or any(matches_granular(resource, f) for f in filters)
 
+    @staticmethod
+    def confined(acc: Access | None, interaction: str, res_type: str) -> bool:
+        """Whether allowing the interaction depends on the resource's content (compartment, granular scopes)."""
+        if acc is None or not acc.allowed(interaction, res_type):
+            return acc is not None
+        return acc.compartment(interaction, res_type) is not None or acc.filters(interaction, res_type) is not None
+
     def check_body(self, interaction: str, res_type: str, res_id: str, body: str | None) -> None:
         """403 unless the caller may ``interaction`` this stored version."""
         acc = self.require(interaction, res_type, res_id)
-        if acc is None:
+        if not self.confined(acc, interaction, res_type):
             return
         resource = orjson.loads(body) if body is not None else None
         if not self.permits(acc, interaction, res_type, resource):
