@@ -10,6 +10,7 @@ The actor is the request's context (``salus.security.principal.current``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlencode
 
 from salus.config import Settings
@@ -57,28 +58,38 @@ class Auditor:
             audit.append_many(tx, events, self.key)
 
     def read(self, interaction: str, v: StoredVersion) -> None:
-        """A read or vread of one version."""
-        self.buffer.record(audit.audit_event(
-            current(), None, interaction, resource_type=v.res_type, resource_id=v.res_id, version=v.version,
-            patient=patient_of(v.res_type, v.res_id, v.body),
-        ))
+        """A read or vread of one version (built at flush time, with the context and time of now)."""
+        ctx, recorded = current(), audit.now_instant()
+
+        def build() -> dict[str, Any]:
+            return audit.audit_event(
+                ctx, None, interaction, resource_type=v.res_type, resource_id=v.res_id, version=v.version,
+                patient=patient_of(v.res_type, v.res_id, v.body), recorded=recorded,
+            )
+
+        self.buffer.record(build)
 
     def search(
         self, res_type: str | None, query: list[tuple[str, str]], compartment: tuple[str, str] | None,
         result: SearchResult,
     ) -> None:
         """A search: its query, and the patients whose data it returned (BALP: one event per patient)."""
-        patients = sorted({p for t, i, body in result.entries if (p := patient_of(t, i, body))})
-        if compartment and compartment[0] == "Patient":
-            patients = sorted({*patients, compartment[1]})
-        path = "/".join(x for x in (*(compartment or ()), res_type) if x)
-        text = f"{path}?{urlencode(query)}"
-        interaction = "search-type" if res_type else "search-system"
-        ctx = current()
-        for patient in patients or [None]:
-            self.buffer.record(audit.audit_event(
-                ctx, None, interaction, resource_type=res_type, patient=patient, query=text,
-            ))
+        ctx, recorded, entries = current(), audit.now_instant(), list(result.entries)
+
+        def build() -> list[dict[str, Any]]:
+            patients = sorted({p for t, i, body in entries if (p := patient_of(t, i, body))})
+            if compartment and compartment[0] == "Patient":
+                patients = sorted({*patients, compartment[1]})
+            path = "/".join(x for x in (*(compartment or ()), res_type) if x)
+            text = f"{path}?{urlencode(query)}"
+            interaction = "search-type" if res_type else "search-system"
+            return [
+                audit.audit_event(ctx, None, interaction, resource_type=res_type, patient=patient, query=text,
+                                  recorded=recorded)
+                for patient in patients or [None]
+            ]
+
+        self.buffer.record(build)
 
     def history(self, res_type: str | None, res_id: str | None) -> None:
         """A history interaction at instance, type or system level."""
