@@ -68,6 +68,11 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
         Route(f"{b}/$reindex", ops.reindex, methods=["POST"]),
         # else the generic {type} and {type}/{id} routes would answer them as an unknown type or id
         Route(f"{b}/$reindex", not_allowed, methods=["GET", "PUT", "DELETE", "PATCH"]),
+        # GDPR portability and erasure: before {type}/{id}/... and the compartment search, which would take them
+        Route(f"{b}/Patient/{{id}}/$everything", ops.everything, methods=["GET", "POST"]),
+        Route(f"{b}/Patient/{{id}}/$everything", not_allowed, methods=["PUT", "DELETE", "PATCH"]),
+        Route(f"{b}/Patient/{{id}}/$erase", ops.erase, methods=["POST"]),
+        Route(f"{b}/Patient/{{id}}/$erase", not_allowed, methods=["GET", "PUT", "DELETE", "PATCH"]),
         Route(f"{b}/{{type}}", api.search, methods=["GET"]),
         Route(f"{b}/{{type}}", api.create, methods=["POST"]),
         Route(f"{b}/{{type}}", api.conditional_update, methods=["PUT"]),
@@ -117,7 +122,10 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     app = Starlette(
         lifespan=lifespan,
         routes=routes,
-        middleware=[Middleware(SecurityMiddleware, settings=settings, store=service.store)],
+        middleware=[Middleware(
+            SecurityMiddleware, settings=settings, store=service.store,
+            on_break_glass=service.audit.break_glass_declared if service.audit is not None else None,
+        )],
         exception_handlers={FhirError: fhir_error, HTTPException: http_error, Exception: server_error},
     )
     app.state.service = service

@@ -13,6 +13,9 @@ INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance"
 SUPPORTED_PARAM_TYPES = {"string", "token", "reference", "date", "number", "quantity", "uri", "composite"}
 # Salus's own operation (R4 defines none for reindexing); docs/search.md describes it
 REINDEX = {"name": "reindex", "definition": "http://salus.example.org/fhir/OperationDefinition/reindex"}
+# GDPR portability (R4's own operation) and erasure (Salus's: R4 defines none); docs/security.md describes them
+EVERYTHING = {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}
+ERASE = {"name": "erase", "definition": "http://salus.example.org/fhir/OperationDefinition/Patient-erase"}
 NOT_INDEXED_YET = "Not indexed yet: searches leave it out (400 with Prefer: handling=strict) until $reindex finishes"
 
 
@@ -65,6 +68,7 @@ def capability_statement(base_url: str, software_date: str, *, smart: bool = Fal
             "searchParam": params,
             "operation": [
                 {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}, REINDEX,
+                *((EVERYTHING, ERASE) if t == "Patient" else ()),
             ],
         })
     return {

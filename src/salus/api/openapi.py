@@ -23,6 +23,7 @@ SPEC = "http://hl7.org/fhir/R4"
 # error statuses the server answers with an OperationOutcome, as reusable responses
 ERRORS: dict[int, tuple[str, str]] = {
     400: ("BadRequest", "Bad request: an invalid parameter, malformed JSON or a resource that is not valid"),
+    403: ("Forbidden", "Forbidden: the caller's scopes or role do not allow it"),
     404: ("NotFound", "Not found: the resource, version or resource type is not known"),
     405: ("MethodNotAllowed", "The method is not allowed on this path"),
     406: ("NotAcceptable", "Cannot produce the requested format (FHIR JSON only)"),
@@ -88,6 +89,10 @@ def _common_parameters() -> dict[str, dict[str, Any]]:
         "_type": _param("_type", "query", "System search: comma-separated resource types to search"),
         "system._id": _param("_id", "query", "token search parameter: the logical id"),
         "system._lastUpdated": _param("_lastUpdated", "query", "date search parameter: when the version was written"),
+        "everything._since": _param("_since", "query", "$everything: only resources updated at or after this instant",
+                                    instant),
+        "everything._type": _param("_type", "query", "$everything: comma-separated resource types to return"),
+        "everything._cursor": _param("_cursor", "query", "$everything paging: the cursor carried by the next link"),
         "validate.mode": _param("mode", "query", "What the validation is for",
                                 {"type": "string", "enum": ["create", "update", "delete"]}),
         "id": _param("id", "path", "The logical id", {"type": "string", "pattern": "^[A-Za-z0-9\\-\\.]{1,64}$"}),
@@ -179,6 +184,8 @@ def _responses() -> dict[str, dict[str, Any]]:
     out["Outcome"] = {"description": "An OperationOutcome", "content": _content("OperationOutcome")}
     out["Reindexed"] = {"description": "Parameters: reindexed (the count), a type part per resource type, and the "
                         "search parameters now ready or still pending", "content": _content("Parameters")}
+    out["Erased"] = {"description": "Parameters: patient, erased (the count), versions, a type part per resource type "
+                     "(erased, versions, purgedVersions) and each danglingReferrer", "content": _content("Parameters")}
     out["Deleted"] = {"description": "Deleted (or nothing matched)", "headers": {"ETag": _ref("headers", "ETag")}}
     out["NotModified"] = {"description": "Not modified since the given version or date",
                           "headers": {"ETag": _ref("headers", "ETag")}}
@@ -332,6 +339,35 @@ def _type_paths(t: str, search_refs: list[dict[str, Any]]) -> dict[str, dict[str
     }
 
 
+EVERYTHING_NOTE = ("The Patient and every resource in its Patient compartment (R4 CompartmentDefinition), as a "
+                   "searchset paged by a cursor in the next link; referenced resources outside the compartment "
+                   "are not included. POST takes the same parameters in a Parameters body.")
+ERASE_NOTE = ("GDPR erasure, administrators only: removes every version of the Patient and of each resource in its "
+              "compartment (no tombstone remains: reads answer 404) and records one AuditEvent, in one transaction.")
+
+
+def _patient_paths() -> dict[str, dict[str, Any]]:
+    """Patient/{id}/$everything and Patient/{id}/$erase (GDPR portability and erasure)."""
+    bundle = {"200": _ref("responses", "Bundle")}
+    params = _p("everything._since", "everything._type", "_count", "everything._cursor", *FMT)
+    return {
+        "/Patient/{id}/$everything": {
+            "parameters": _p("id"),
+            "get": _op("everythingPatient", "The Patient and its compartment ($everything)", "Patient", bundle,
+                       (400, 403, 404, 406, 410), params, description=EVERYTHING_NOTE),
+            "post": _op("everythingPatientPost", "The Patient and its compartment ($everything, Parameters body)",
+                        "Patient", bundle, (400, 403, 404, 406, 410, 415), params,
+                        {"required": False, "description": "Parameters: _since, _type, _count",
+                         "content": _content("Parameters")}, EVERYTHING_NOTE),
+        },
+        "/Patient/{id}/$erase": {
+            "parameters": _p("id"),
+            "post": _op("erasePatient", "Erase a Patient and its compartment, history included ($erase)", "Patient",
+                        {"200": _ref("responses", "Erased")}, (400, 403, 404, 406), _p(*FMT), description=ERASE_NOTE),
+        },
+    }
+
+
 def _system_paths() -> dict[str, dict[str, Any]]:
     """The paths at the base: metadata, batch/transaction, system search and history, these docs."""
     bundle = {"200": _ref("responses", "Bundle")}
@@ -407,6 +443,7 @@ def _document_body() -> dict[str, Any]:
             refs.append(_ref("parameters", key))
         paths.update(_type_paths(t, refs))
     paths.update(_compartment_paths())
+    paths.update(_patient_paths())
     return {
         "paths": paths,
         "components": {

@@ -9,6 +9,8 @@ the authorization server's own endpoints stay public, as SMART requires.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import replace
 
 from starlette.concurrency import run_in_threadpool
@@ -22,6 +24,8 @@ from salus.security.principal import ANONYMOUS, Principal, RequestContext, actin
 from salus.security.tokens import NeedsDatabase, bearer_token, fhir_base_url, verify_access_token
 from salus.store import Store
 
+log = logging.getLogger("salus.security")
+
 # nobody: what an unauthenticated caller of a public endpoint acts as when security is on
 NOBODY = Principal(subject="anonymous", kind="anonymous")
 BREAK_GLASS_HEADER = "x-salus-break-glass"
@@ -30,8 +34,12 @@ BREAK_GLASS_HEADER = "x-salus-break-glass"
 class SecurityMiddleware:
     """Resolve the caller of each HTTP request into a ``RequestContext`` (pure ASGI, no buffering)."""
 
-    def __init__(self, app: ASGIApp, settings: Settings, store: Store) -> None:
+    def __init__(
+        self, app: ASGIApp, settings: Settings, store: Store,
+        on_break_glass: Callable[[str], None] | None = None,
+    ) -> None:
         self.app = app
+        self.on_break_glass = on_break_glass
         self.settings = settings
         self.store = store
         b = settings.base_path
@@ -67,6 +75,12 @@ class SecurityMiddleware:
             purpose="BTG" if principal.break_glass else None,
         )
         with acting_as(ctx):
+            if principal.break_glass:
+                # an emergency access is never quiet: an alert in the log and an entry in the audit trail
+                log.warning("BREAK-THE-GLASS by %s (%s): %s %s; reason: %s", principal.subject, principal.role,
+                            request.method, request.url.path, request.headers.get(BREAK_GLASS_HEADER))
+                if self.on_break_glass is not None:
+                    self.on_break_glass(request.headers.get(BREAK_GLASS_HEADER, "")[:500])
             await self.app(scope, receive, send)
 
     async def _principal(self, request: Request) -> Principal:

@@ -32,12 +32,14 @@ from salus.search.parse import parse_query
 from salus.search.registry import Overlay, SearchParameterRegistry, in_force, pending_issue
 from salus.security.policy import Access
 from salus.service.auditing import Auditor
+from salus.service.consents import ConsentIndex
 from salus.service.fhirpath_patch import apply_fhirpath_patch
 from salus.service.guard import Guard, access, link_types
 from salus.store import Store, StoredVersion, Transaction
 from salus.store.base import IndexRows, NewResource
 
 if TYPE_CHECKING:
+    from salus.service.erasure import ErasureReport
     from salus.service.reindex import ReindexReport
 
 T = TypeVar("T")
@@ -99,7 +101,7 @@ class FhirService:
         self.search_parameters = SearchParameterRegistry(store)
         self.events.subscribe(self._search_parameter_changed)
         self.audit = Auditor(store, self.settings) if self.settings.audit_enabled else None
-        self.guard = Guard(self.audit)
+        self.guard = Guard(self.audit, ConsentIndex(store, self.events))
 
     def close(self) -> None:
         """Flush what is still buffered (read audit events); the store stays open for its owner."""
@@ -251,11 +253,12 @@ class FhirService:
         return result
 
     def _visible_only(self, acc: Access, result: SearchResult) -> None:
-        """Drop the matches and included resources the caller may not see (granular scopes, system search)."""
+        """Drop the matches and included resources the caller may not see (granular scopes, system search, consent)."""
         def ok(interaction: str, entry: tuple[str, str, str]) -> bool:
-            if not self.guard.confined(acc, interaction, entry[0]):
-                return True  # allowed whatever it holds: no need to read it
-            return self.guard.permits(acc, interaction, entry[0], orjson.loads(entry[2]))
+            t, i, body = entry
+            if self.guard.confined(acc, interaction, t) and not self.guard.permits(acc, interaction, t, orjson.loads(body)):
+                return False
+            return not self.guard.withheld(acc, interaction, t, i, body)
 
         kept = [e for e in result.entries if ok("s", e)]
         if len(kept) != len(result.entries):
@@ -382,6 +385,15 @@ class FhirService:
 
         self.guard.operation("$reindex")
         return reindex(self, types, res_id, batch=batch, progress=progress)
+
+    def erase_patient(self, patient_id: str) -> ErasureReport:
+        """GDPR erasure: every version of the Patient and of its compartment, gone in one audited transaction.
+
+        Administrators only (``$erase``); see ``salus.service.erasure`` for what counts as the patient's.
+        """
+        from salus.service.erasure import erase_patient  # it calls back into this service
+
+        return erase_patient(self, patient_id)
 
     def _lock_and_match(self, tx: Transaction, res_type: str, query: str) -> list[tuple[str, int]]:
         pairs = canonical_query(query)

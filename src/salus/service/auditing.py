@@ -106,6 +106,19 @@ class Auditor:
             description=None if succeeded else "Unknown username or wrong password",
         ))
 
+    def break_glass_declared(self, reason: str) -> None:
+        """A request made under break-the-glass, with the reason its caller gave."""
+        self.buffer.record(audit.audit_event(
+            current(), None, "operation", description=f"break-the-glass declared: {reason}",
+        ))
+
+    def break_glass(self, res_type: str, res_id: str, patient: str) -> None:
+        """A read that a patient's consent denied, allowed by break-the-glass: always on the record."""
+        self.buffer.record(audit.audit_event(
+            current(), None, "read", resource_type=res_type, resource_id=res_id, patient=patient,
+            description="break-the-glass: read against the patient's consent",
+        ))
+
     def denied(self, interaction: str, res_type: str | None, res_id: str | None, reason: str) -> None:
         """An access the policy refused (outcome 4, minor failure, with the reason)."""
         self.buffer.record(audit.audit_event(

@@ -18,6 +18,7 @@ A refusal is a 403 OperationOutcome and an audited denial.
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from typing import Any
 
@@ -25,9 +26,13 @@ import orjson
 
 from salus.fhir.outcome import FhirError
 from salus.search.tree import SearchQuery
+from salus.security.consent import exempt
 from salus.security.policy import Access, in_patient_compartment, matches_granular
 from salus.security.principal import Principal, current
-from salus.service.auditing import Auditor
+from salus.service.auditing import Auditor, patient_of
+from salus.service.consents import ConsentIndex
+
+log = logging.getLogger("salus.security")
 
 
 @lru_cache(maxsize=4096)
@@ -46,8 +51,9 @@ def access() -> Access | None:
 class Guard:
     """Checks an interaction for the current caller; records what it refuses."""
 
-    def __init__(self, auditor: Auditor | None) -> None:
+    def __init__(self, auditor: Auditor | None, consents: ConsentIndex | None = None) -> None:
         self.auditor = auditor
+        self.consents = consents
 
     def deny(self, interaction: str, res_type: str | None, res_id: str | None, reason: str) -> FhirError:
         """The 403 to raise, after auditing the refusal."""
@@ -96,15 +102,44 @@ class Guard:
         return acc.compartment(interaction, res_type) is not None or acc.filters(interaction, res_type) is not None
 
     def check_body(self, interaction: str, res_type: str, res_id: str, body: str | None) -> None:
-        """403 unless the caller may ``interaction`` this stored version."""
+        """403 unless the caller may ``interaction`` this stored version (policy, then the patient's consent)."""
         acc = self.require(interaction, res_type, res_id)
-        if not self.confined(acc, interaction, res_type):
+        if acc is None:
             return
-        resource = orjson.loads(body) if body is not None else None
-        if not self.permits(acc, interaction, res_type, resource):
+        if self.confined(acc, interaction, res_type):
+            resource = orjson.loads(body) if body is not None else None
+            if not self.permits(acc, interaction, res_type, resource):
+                raise self.deny(interaction, res_type, res_id,
+                                f"Access denied: {res_type}/{res_id} is outside what this caller may "
+                                f"{_INTERACTION_NAMES[interaction]}")
+        if body is not None and self.withheld(acc, interaction, res_type, res_id, body):
             raise self.deny(interaction, res_type, res_id,
-                            f"Access denied: {res_type}/{res_id} is outside what this caller may "
-                            f"{_INTERACTION_NAMES[interaction]}")
+                            f"Access denied: the patient's consent withholds {res_type}/{res_id} from this caller")
+
+    def withheld(self, acc: Access, interaction: str, res_type: str, res_id: str, body: str) -> bool:
+        """Whether an active Consent of the resource's patient denies it to the caller.
+
+        Break-the-glass (a clinician or nurse in an emergency) lifts the denial for reads and
+        searches, and every such override is logged as an alert and audited.
+        """
+        if self.consents is None or interaction not in "rs" or not self.consents.any():
+            return False
+        patient = patient_of(res_type, res_id, body)
+        if patient is None or exempt(acc.principal, patient):
+            return False
+        denials = self.consents.denials(patient)
+        if not denials:
+            return False
+        resource = orjson.loads(body)
+        if not any(d.applies(acc.principal, resource) for d in denials):
+            return False
+        if acc.overrides_consent(interaction, res_type):
+            log.warning("BREAK-THE-GLASS: %s read %s/%s against the consent of Patient/%s",
+                        acc.principal.subject, res_type, res_id, patient)
+            if self.auditor is not None:
+                self.auditor.break_glass(res_type, res_id, patient)
+            return False
+        return True
 
     def check_write(
         self, res_type: str, res_id: str, resource: dict[str, Any] | None, old_body: str | None, exists: bool,
