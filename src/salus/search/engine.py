@@ -149,7 +149,7 @@ def run_search(
         _reject_unknown(q)
     size = count if count is not None else q.count if q.count is not None else DEFAULT_COUNT
     size = max(0, min(size, MAX_COUNT))
-    offset = max(0, offset)
+    offset = max(0, min(offset, 10**12))  # past 64 bits SQLite cannot bind it; nothing is that far
     filt = c.where(q, compartment)
     result = SearchResult(
         [], applied=q.applied, unknown=q.unknown, pending=q.pending, summary=q.summary, elements=q.elements
@@ -223,16 +223,20 @@ def _included(db: Queryable, q: SearchQuery, rows: list[tuple[Any, ...]]) -> lis
     return out
 
 
-def match_ids(db: Queryable, resource_type: str, query: list[tuple[str, str]], limit: int = 2) -> list[tuple[str, int]]:
+def match_ids(
+    db: Queryable, resource_type: str, query: list[tuple[str, str]], limit: int = 2,
+    compartment: tuple[str, str] | None = None,
+) -> list[tuple[str, int]]:
     """``(res_id, version)`` of up to ``limit`` matches, for conditional create/update/delete.
 
     Always strict: ignoring an unknown parameter would widen the match and
-    update or delete the wrong resources.
+    update or delete the wrong resources. ``compartment`` confines the matches
+    (a caller confined to one patient's compartment matches only there).
     """
     q = parse_query(resource_type, query)
     resolve_modifiers(db, q)
     _reject_unknown(q)
-    rows = _run(db, c.ids_select(q, c.where(q), limit))
+    rows = _run(db, c.ids_select(q, c.where(q, compartment), limit))
     return [(str(r[0]), int(r[1])) for r in rows]
 
 

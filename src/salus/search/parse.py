@@ -70,6 +70,9 @@ def parse_query(resource_type: str | None, query: list[tuple[str, str]]) -> Sear
         types = tuple(wanted) or None
     q = SearchQuery(types)
     for name, value in query:
+        if "\x00" in name or "\x00" in value:
+            # no stored value holds U+0000 (writes refuse it), and PostgreSQL cannot even compare it
+            raise invalid(name.replace("\x00", ""), "Search parameters must not contain the NUL character (U+0000)")
         if name in IGNORED or value == "":
             # an empty value means the parameter is absent (R4 search 3.1.1.3)
             continue

@@ -176,8 +176,8 @@ class FhirService:
         """One version; 404 if unknown, 410 if that version is a deletion."""
         self.check_type(res_type)
         self.check_id(res_id)
-        if not version.isdigit():
-            raise FhirError.of(404, "not-found", f"Version {version!r} of {res_type}/{res_id} is not known")
+        if not version.isdigit() or len(version) > 18:  # past 64 bits no version can exist
+            raise FhirError.of(404, "not-found", f"Version {version[:40]!r} of {res_type}/{res_id} is not known")
         v = self.store.vread(res_type, res_id, int(version))
         if v is None:
             raise FhirError.of(404, "not-found", f"Version {version} of {res_type}/{res_id} is not known")
@@ -239,18 +239,47 @@ class FhirService:
             self.check_type(res_type)
         with self.search_parameters.active():
             acc = access()
+            post = False
             if acc is not None:
-                reached = link_types(parse_query(res_type, query))
-                acc, compartment = self.guard.search_scope(res_type, reached, compartment)
+                parsed = parse_query(res_type, query)
+                acc, compartment = self.guard.search_scope(res_type, link_types(parsed), compartment,
+                                                           parsed.resource_types)
+                assert acc is not None
+                post = self.guard.post_filtered(acc, res_type, compartment)
+                if post and (parsed.summary == "count" or count == 0):
+                    # a count of what the query matched would count what the caller may not see
+                    return self._count_visible(acc, res_type, query, strict, compartment)
             result = run_search(
                 tx or self.store, res_type, query, count=self.page_size(count), offset=offset, strict=strict,
                 compartment=compartment, cursor=cursor,
             )
         if acc is not None:
             self._visible_only(acc, result)
+            if post:  # the counted total included what was dropped: only a complete first page knows it
+                result.total = len(result.entries) + offset if not result.has_next and not cursor else None
         if self.audit is not None:
             self.audit.search(res_type, query, compartment, result)
         return result
+
+    def _count_visible(
+        self, acc: Access, res_type: str | None, query: list[tuple[str, str]], strict: bool,
+        compartment: tuple[str, str] | None, limit: int = 10_000,
+    ) -> SearchResult:
+        """``_summary=count`` for a caller whose matches are filtered: count what it may see (up to ``limit``)."""
+        pairs = [(k, v) for k, v in query if k not in ("_summary", "_count", "_include", "_revinclude")]
+        seen, cursor = 0, None
+        while True:
+            page = run_search(self.store, res_type, pairs, count=1000, strict=strict, compartment=compartment,
+                              cursor=cursor)
+            self._visible_only(acc, page)
+            seen += len(page.entries)
+            if not page.has_next or seen >= limit:
+                break
+            cursor = page.next_cursor
+        counted = run_search(self.store, res_type, pairs, count=0, strict=strict, compartment=compartment)
+        counted.total = seen if seen < limit else None  # beyond the limit: unknown rather than a leak
+        counted.summary = "count"
+        return counted
 
     def _visible_only(self, acc: Access, result: SearchResult) -> None:
         """Drop the matches and included resources the caller may not see (granular scopes, system search, consent)."""
@@ -350,6 +379,9 @@ class FhirService:
             if k not in final:
                 final[k] = v
         body = orjson.dumps(final).decode()
+        if "\\u0000" in body and _has_nul(final):
+            # PostgreSQL text cannot hold U+0000, and no FHIR string needs it: refused alike on every store
+            raise FhirError.of(400, "invalid", "Strings must not contain the NUL character (U+0000)")
         targets = targets_in_json(body)
         rows = dict(rows) if rows is not None else index_rows(final)
         rows["refs"] = [("", 0, t, i) for t, i in targets]
@@ -400,7 +432,11 @@ class FhirService:
         if not pairs:
             raise FhirError.of(400, "invalid", "A conditional operation needs search parameters")
         tx.lock(f"{res_type}?{urlencode(sorted(pairs))}")
-        return match_ids(tx, res_type, pairs, limit=2)
+        compartment = None
+        if access() is not None:
+            # the criteria are a search: the caller must be allowed it, and matches only what it may search
+            _, compartment = self.guard.search_scope(res_type, link_types(parse_query(res_type, pairs)), None)
+        return match_ids(tx, res_type, pairs, limit=2, compartment=compartment)
 
     def create(
         self, res_type: str, resource: Any, *, if_none_exist: str | None = None, res_id: str | None = None,
@@ -413,11 +449,15 @@ class FhirService:
 
         def work(t: Transaction) -> WriteResult:
             if if_none_exist:
+                self.guard.require("c", res_type)  # before matching: the answer would reveal what exists
                 matches = self._lock_and_match(t, res_type, if_none_exist)
                 if len(matches) > 1:
                     raise FhirError.of(412, "duplicate", f"If-None-Exist matched several {res_type} resources")
                 if matches:
-                    return WriteResult(200, t.read(res_type, matches[0][0]))
+                    found = t.read(res_type, matches[0][0])
+                    assert found is not None
+                    self.guard.check_body("r", res_type, found.res_id, found.body)  # it is returned to the caller
+                    return WriteResult(200, found)
             new_id = res_id or str(uuid.uuid4())
             rows = self._unless_stale(early, res_type)
             written = self._write(t, res_type, new_id, resource, "POST", check_refs=check_refs, rows=rows)
@@ -595,6 +635,16 @@ class FhirService:
                     firsts.discard(key)  # its first occurrence was inserted above
                     continue
                 self._write(tx, key[0], key[1], r, "PUT", check_refs=False)
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def search_issues(result: SearchResult) -> list[Issue]:

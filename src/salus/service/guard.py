@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from salus.fhir.definitions import resource_types
 from salus.fhir.outcome import FhirError
 from salus.search.tree import SearchQuery
 from salus.security.consent import exempt
@@ -94,6 +95,14 @@ class Guard:
             return False
         return filters is None or any(matches_granular(resource, f) for f in filters)
 
+    def post_filtered(self, acc: Access, res_type: str | None, compartment: tuple[str, str] | None) -> bool:
+        """Whether a search's matches are filtered after the query (so its counts include what is dropped)."""
+        if res_type is None:
+            return compartment is None
+        if acc.allowed("s", res_type) and acc.filters("s", res_type) is not None:
+            return True
+        return self.consents is not None and self.consents.any()
+
     @staticmethod
     def confined(acc: Access | None, interaction: str, res_type: str) -> bool:
         """Whether allowing the interaction depends on the resource's content (compartment, granular scopes)."""
@@ -158,6 +167,7 @@ class Guard:
 
     def search_scope(
         self, res_type: str | None, link_types: set[str], compartment: tuple[str, str] | None,
+        types: tuple[str, ...] | None = None,
     ) -> tuple[Access | None, tuple[str, str] | None]:
         """Check a search and return the compartment it must run in (the caller's, when confined)."""
         acc = access()
@@ -170,7 +180,15 @@ class Guard:
                 raise self.deny("s", res_type, None,
                                 f"Access denied: the search reaches {t} (chain or _has), which is not granted")
         if res_type is None:
-            return acc, compartment  # system search: every entry is checked on the way out
+            # system search: confined like a type search when every type it may return is confined to one
+            # patient (a patient's app); otherwise every entry is checked on the way out
+            allowed = [t for t in (types or resource_types()) if acc.allowed("s", t)]
+            patients = {acc.compartment("s", t) for t in allowed}
+            if len(patients) == 1 and (patient := patients.pop()) is not None:
+                if compartment is not None and compartment != ("Patient", patient):
+                    raise self.deny("s", None, None, "Access denied: another patient's compartment")
+                return acc, ("Patient", patient)
+            return acc, compartment
         patient = acc.compartment("s", res_type)
         if patient is None:
             return acc, compartment
