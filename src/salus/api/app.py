@@ -55,6 +55,11 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     on_login = service.audit.login if service.audit is not None else None
     routes = auth_routes(settings, service.store, on_login) if settings.auth == "smart" else []
     routes += [
+        # Starlette tries routes in order: the read, the hottest route, comes first, after the only two
+        # two-segment GET paths it would otherwise take (a type's history, a type's $reindex)
+        Route(f"{b}/{{type}}/_history", api.history, methods=["GET"]),
+        Route(f"{b}/{{type}}/$reindex", not_allowed, methods=["GET", "PUT", "DELETE", "PATCH"]),
+        Route(f"{b}/{{type}}/{{id}}", api.read, methods=["GET"]),
         Route("/", root, methods=["GET"]),
         Route(f"{b}/metadata", metadata, methods=["GET"]),
         Route(f"{b}/metadata", not_allowed, methods=["POST", "PUT", "DELETE", "PATCH"]),
@@ -79,11 +84,8 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
         Route(f"{b}/{{type}}", api.conditional_delete, methods=["DELETE"]),
         Route(f"{b}/{{type}}", api.conditional_patch, methods=["PATCH"]),
         Route(f"{b}/{{type}}/_search", api.search, methods=["POST"]),
-        Route(f"{b}/{{type}}/_history", api.history, methods=["GET"]),
         Route(f"{b}/{{type}}/$validate", api.validate_op, methods=["POST"]),
         Route(f"{b}/{{type}}/$reindex", ops.reindex, methods=["POST"]),
-        Route(f"{b}/{{type}}/$reindex", not_allowed, methods=["GET", "PUT", "DELETE", "PATCH"]),
-        Route(f"{b}/{{type}}/{{id}}", api.read, methods=["GET"]),
         Route(f"{b}/{{type}}/{{id}}", api.update, methods=["PUT"]),
         Route(f"{b}/{{type}}/{{id}}", api.patch, methods=["PATCH"]),
         Route(f"{b}/{{type}}/{{id}}", api.delete, methods=["DELETE"]),

@@ -46,13 +46,16 @@ class SecurityMiddleware:
         self.public_exact = {"/", f"{b}/metadata", f"{b}/openapi.json", f"{b}/api-docs",
                              f"{b}/.well-known/smart-configuration"}
         self.public_prefix = f"{b}/auth/"
+        self.needs_context = settings.auth != "off" or settings.audit_enabled
 
     def _public(self, path: str) -> bool:
         return path in self.public_exact or path.startswith(self.public_prefix)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Authenticate, then run the app as the caller; a bad or missing token is a 401 OperationOutcome."""
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not self.needs_context:
+            # security and audit off: every request is the anonymous caller, which is also what a request
+            # without a context reads (salus.security.principal.current), so nothing needs doing
             await self.app(scope, receive, send)
             return
         request = Request(scope)
