@@ -10,6 +10,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -96,6 +98,21 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
+@contextmanager
+def serving(url: str, data_dir: Path, env: dict[str, str] | None = None, port: int | None = None) -> Iterator[str]:
+    """``salus serve --workers WORKERS`` over a database, until the block ends; yields its root URL."""
+    port = port or free_port()
+    proc = start([sys.executable, "-m", "salus", "serve", "--port", str(port), "--workers", str(WORKERS),
+                  "--data-dir", str(data_dir)],
+                 {"SALUS_DATA_DIR": str(data_dir), "SALUS_DATABASE_URL": url, **(env or {})})
+    try:
+        root = f"http://127.0.0.1:{port}"
+        wait_up(f"{root}/fhir/metadata", proc)
+        yield root
+    finally:
+        stop(proc)
+
+
 def run(report: Report, patients: int = 100) -> None:
     """Load a demo population per backend, then measure each interaction against the framework ceiling."""
     if shutil.which("wrk") is None:
@@ -116,13 +133,8 @@ def run(report: Report, patients: int = 100) -> None:
             import_resources(service, (("demo", r) for r in demo.generate(patients, 1)))
             ids = [r[0] for r in service.store.query("SELECT res_id FROM resources WHERE res_type = 'Patient' ORDER BY rid")]
             service.store.close()
-            port = free_port()
-            env = {"SALUS_DATA_DIR": str(data_dir), "SALUS_DATABASE_URL": url}
-            proc = start([sys.executable, "-m", "salus", "serve", "--port", str(port), "--workers", str(WORKERS),
-                          "--data-dir", str(data_dir)], env)
-            try:
-                fhir = f"http://127.0.0.1:{port}/fhir"
-                wait_up(f"{fhir}/metadata", proc)
+            with serving(url, data_dir) as root:
+                fhir = f"{root}/fhir"
                 scripts = {
                     "read": lua_cycle("/fhir/Patient/", ids, folder, "read"),
                     "search _id": lua_cycle("/fhir/Patient?_id=", ids, folder, "search"),
@@ -135,8 +147,6 @@ def run(report: Report, patients: int = 100) -> None:
                         rows.append([backend, kind, str(c), f"{rps:,.0f}", p50, p99, str(bad), f"{ceil:,.0f}",
                                      f"{rps / ceil:.2f}"])
                         print("  ", rows[-1])
-            finally:
-                stop(proc)
     report.add(
         "HTTP interactions under concurrency",
         f"wrk on 127.0.0.1, {DURATION} per cell, server `salus serve --workers {WORKERS}` over {patients} demo patients "

@@ -23,7 +23,6 @@ import random
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -37,7 +36,7 @@ from urllib.parse import urlencode
 import psycopg
 
 from bench.common import PG_URL, ROOT, Report, pg_available
-from bench.http_load import DURATION, free_port, start, stop, wait_up
+from bench.http_load import DURATION, serving
 from salus import demo
 from salus.config import Settings
 from salus.loader import import_resources
@@ -668,33 +667,6 @@ def wrk(url: str, script: Path, clients: int) -> tuple[float, str, str, int, int
     return rps, p50, p99, int(bad.group(1)) if bad else 0, int(timeouts.group(1)) if timeouts else 0
 
 
-@contextmanager
-def server(url: str, data_dir: Path) -> Iterator[str]:
-    """``salus serve`` on the cached database; yields its base URL."""
-    port = free_port()
-    proc = start(
-        [
-            sys.executable,
-            "-m",
-            "salus",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            str(WORKERS),
-            "--data-dir",
-            str(data_dir),
-        ],
-        {"SALUS_DATA_DIR": str(data_dir), "SALUS_DATABASE_URL": url},
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_up(f"{base}/fhir/metadata", proc)
-        yield base
-    finally:
-        stop(proc)
-
-
 # --- the run ----------------------------------------------------------------------------------------------------------
 
 
@@ -760,7 +732,7 @@ def run(report: Report, patients: int = 10_000) -> None:
         }
         with (
             tempfile.TemporaryDirectory() as tmp,
-            server(url, Path(tmp)) if have_wrk else _nothing() as base,
+            serving(url, Path(tmp)) if have_wrk else _nothing() as base,
             ThreadPoolExecutor(max(CLIENTS)) as pool,
         ):
             for mix, calls in mixes.items():

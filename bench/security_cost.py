@@ -12,12 +12,11 @@ hash chain). Encryption at rest is not built yet, so it is not in the figure.
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 from bench.common import Report, backends
-from bench.http_load import WORKERS, free_port, lua_cycle, start, stop, wait_up, wrk
+from bench.http_load import WORKERS, free_port, lua_cycle, serving, wrk
 from salus import demo
 from salus.config import Settings
 from salus.loader import import_resources
@@ -62,11 +61,7 @@ def run(report: Report, patients: int = 100) -> None:
                 ("tokens only", {"SALUS_AUTH": "smart", "SALUS_AUDIT": "off", "SALUS_ACCESS_TOKEN_TTL": "86400"}),
                 ("on", {"SALUS_AUTH": "smart", "SALUS_AUDIT": "on", "SALUS_ACCESS_TOKEN_TTL": "86400"}),
             ):
-                proc = start([sys.executable, "-m", "salus", "serve", "--port", str(port), "--workers", str(WORKERS),
-                              "--data-dir", str(data_dir)],
-                             {**env, "SALUS_DATA_DIR": str(data_dir), "SALUS_DATABASE_URL": url})
-                try:
-                    wait_up(f"{base}/metadata", proc)
+                with serving(url, data_dir, env, port):
                     for kind, prefix in (("read", "/fhir/Patient/"), ("search _id", "/fhir/Patient?_id=")):
                         script = lua_cycle(prefix, ids, folder, f"{mode}-{kind.replace(' ', '')}")
                         if mode != "off":
@@ -76,8 +71,6 @@ def run(report: Report, patients: int = 100) -> None:
                         print(f"   {backend} {kind} security {mode}: {rps:,.0f} req/s p50 {p50} p99 {p99} non-2xx {bad}")
                         if bad:
                             raise RuntimeError(f"{bad} failed requests with security {mode}: the figure would lie")
-                finally:
-                    stop(proc)
             for kind in ("read", "search _id"):
                 off, on, tokens_only = figures[(kind, "off")], figures[(kind, "on")], figures[(kind, "tokens only")]
                 ratio = on / off

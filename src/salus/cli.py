@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from salus.config import Settings
+from salus.cli_options import DataDir, describe_db, settings_for
+from salus.config import Settings, auth_mode
 from salus.security.audit_cli import audit_app
 from salus.security.cli import clients_app, keys_app, users_app
 
@@ -35,25 +36,12 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 console = Console(stderr=True)
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", "-d", help="Folder holding the SQLite database (default ./salus-data).")]
-
-
-def _settings(data_dir: Path | None, **kw: object) -> Settings:
-    return Settings.from_env(data_dir=data_dir, **kw)
-
 
 def _service(settings: Settings):  # type: ignore[no-untyped-def]
     from salus.service import FhirService
     from salus.store import open_store
 
     return FhirService(open_store(settings.effective_database_url, pool_size=settings.pool_size), settings)
-
-
-def _describe_db(settings: Settings) -> str:
-    url = settings.effective_database_url
-    if url.startswith("sqlite"):
-        return f"SQLite at {url.removeprefix('sqlite:///')}"
-    return "PostgreSQL at " + url.split("@")[-1]
 
 
 def _loopback(host: str) -> bool:
@@ -84,11 +72,9 @@ def serve(
     """Serve the FHIR R4 API at http://HOST:PORT/fhir."""
     import uvicorn
 
-    if auth is not None and auth not in ("off", "smart"):
-        console.print(f"[red]error:[/] --auth must be 'off' or 'smart', not {auth!r}")
-        raise typer.Exit(2)
     try:
-        settings = _settings(data_dir, host=host, port=port, workers=workers, auth=auth)
+        settings = settings_for(data_dir, host=host, port=port, workers=workers,
+                                auth=auth_mode(auth, "--auth") if auth is not None else None)
     except ValueError as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(2) from err
@@ -115,7 +101,7 @@ def serve(
     open_store(settings.effective_database_url, pool_size=1).close()  # create/migrate once, before workers start
     scheme = "https" if tls_cert else "http"
     console.print(f"[bold green]Salus[/] FHIR R4 server on [bold]{scheme}://{host}:{port}/fhir[/]")
-    console.print(f"  store: {_describe_db(settings)}; workers: {workers}")
+    console.print(f"  store: {describe_db(settings)}; workers: {workers}")
     if settings.auth == "off":
         console.print("  [yellow]security is OFF[/]: no authentication, every request has full rights; loopback only")
     else:
@@ -162,7 +148,7 @@ def demo(
     from salus import demo as demo_mod
     from salus.loader import import_resources
 
-    settings = _settings(data_dir)
+    settings = settings_for(data_dir)
     service = _service(settings)
     expected = demo_mod.estimate(patients) if hasattr(demo_mod, "estimate") else None
     start = time.perf_counter()
@@ -173,7 +159,7 @@ def demo(
             progress=lambda n: progress.advance(task, n),
         )
     _print_report(report, time.perf_counter() - start)
-    console.print(f"store: {_describe_db(settings)}")
+    console.print(f"store: {describe_db(settings)}")
     if report.rejected:
         raise typer.Exit(1)
 
@@ -188,7 +174,7 @@ def import_(
 
     from salus.loader import expand_paths, import_resources, read_file
 
-    settings = _settings(data_dir)
+    settings = settings_for(data_dir)
     files = expand_paths(paths)
     missing = [p for p in files if not p.exists()]
     if missing:
@@ -213,7 +199,7 @@ def export(
     data_dir: DataDir = None,
 ) -> None:
     """Export current resources as NDJSON."""
-    settings = _settings(data_dir)
+    settings = settings_for(data_dir)
     service = _service(settings)
     types = type_ or [None]
     single = out.suffix == ".ndjson"
@@ -245,7 +231,7 @@ def reindex(
 
     from salus.fhir.outcome import FhirError
 
-    settings = _settings(data_dir)
+    settings = settings_for(data_dir)
     service = _service(settings)
     start = time.perf_counter()
     try:
@@ -276,9 +262,9 @@ def db_upgrade(data_dir: DataDir = None) -> None:
     from salus.store import open_store
     from salus.store.schema import SCHEMA_VERSION
 
-    settings = _settings(data_dir)
+    settings = settings_for(data_dir)
     open_store(settings.effective_database_url).close()
-    console.print(f"{_describe_db(settings)}: schema at version {SCHEMA_VERSION}")
+    console.print(f"{describe_db(settings)}: schema at version {SCHEMA_VERSION}")
 
 
 def main() -> None:

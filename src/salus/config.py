@@ -7,12 +7,43 @@ override them. Nothing below the doors reads the environment.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
 def _bool(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def auth_mode(value: str, what: str = "SALUS_AUTH") -> str:
+    """``off`` or ``smart`` (any case); a ``ValueError`` naming ``what`` and the choices otherwise."""
+    mode = value.strip().lower()
+    if mode not in ("off", "smart"):
+        raise ValueError(f"{what} must be 'off' or 'smart', not {value!r}")
+    return mode
+
+
+def _url(value: str) -> str:
+    return value.rstrip("/")
+
+
+# SALUS_* variable -> Settings field, and how its text becomes the field's value
+_ENV: tuple[tuple[str, str, Callable[[str], object]], ...] = (
+    ("SALUS_DATA_DIR", "data_dir", Path),
+    ("SALUS_DATABASE_URL", "database_url", str),
+    ("SALUS_PUBLIC_BASE_URL", "public_base_url", _url),
+    ("SALUS_MAX_BODY_BYTES", "max_body_bytes", int),
+    ("SALUS_REFERENTIAL_INTEGRITY", "referential_integrity", _bool),
+    ("SALUS_POOL_SIZE", "pool_size", int),
+    ("SALUS_AUTH", "auth", auth_mode),
+    ("SALUS_AUTH_ISSUER", "auth_issuer", _url),
+    ("SALUS_ACCESS_TOKEN_TTL", "access_token_ttl", int),
+    ("SALUS_REFRESH_TOKEN_TTL", "refresh_token_ttl", int),
+    ("SALUS_OIDC_ISSUER", "external_oidc_issuer", _url),
+    ("SALUS_OIDC_JWKS", "external_oidc_jwks", str),
+    ("SALUS_AUDIT", "audit", _bool),
+)
 
 
 @dataclass(frozen=True)
@@ -48,34 +79,9 @@ class Settings:
         """Settings from ``SALUS_*`` variables, with non-None keyword overrides on top."""
         env = dict(os.environ if env is None else env)
         s = cls()
-        if v := env.get("SALUS_DATA_DIR"):
-            s = replace(s, data_dir=Path(v))
-        if v := env.get("SALUS_DATABASE_URL"):
-            s = replace(s, database_url=v)
-        if v := env.get("SALUS_PUBLIC_BASE_URL"):
-            s = replace(s, public_base_url=v.rstrip("/"))
-        if v := env.get("SALUS_MAX_BODY_BYTES"):
-            s = replace(s, max_body_bytes=int(v))
-        if v := env.get("SALUS_REFERENTIAL_INTEGRITY"):
-            s = replace(s, referential_integrity=_bool(v))
-        if v := env.get("SALUS_POOL_SIZE"):
-            s = replace(s, pool_size=int(v))
-        if v := env.get("SALUS_AUTH"):
-            if v.strip().lower() not in ("off", "smart"):
-                raise ValueError(f"SALUS_AUTH must be 'off' or 'smart', not {v!r}")
-            s = replace(s, auth=v.strip().lower())
-        if v := env.get("SALUS_AUTH_ISSUER"):
-            s = replace(s, auth_issuer=v.rstrip("/"))
-        if v := env.get("SALUS_ACCESS_TOKEN_TTL"):
-            s = replace(s, access_token_ttl=int(v))
-        if v := env.get("SALUS_REFRESH_TOKEN_TTL"):
-            s = replace(s, refresh_token_ttl=int(v))
-        if v := env.get("SALUS_OIDC_ISSUER"):
-            s = replace(s, external_oidc_issuer=v.rstrip("/"))
-        if v := env.get("SALUS_OIDC_JWKS"):
-            s = replace(s, external_oidc_jwks=v)
-        if v := env.get("SALUS_AUDIT"):
-            s = replace(s, audit=_bool(v))
+        for var, name, convert in _ENV:
+            if v := env.get(var):
+                s = replace(s, **{name: convert(v)})
         clean = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in clean:
             clean["data_dir"] = Path(clean["data_dir"])  # type: ignore[arg-type]

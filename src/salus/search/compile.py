@@ -61,10 +61,18 @@ from salus.search.types.composite import component_param
 R = "r"
 PAGE = "p"  # the derived table of a page's keys (page_select with_total)
 RESOURCES = Table("resources", R)
-CURRENT_BODY = Join(
-    Table("resource_versions", "v"),
-    and_(Cmp(Col("rid", "v"), "=", Col("rid", R)), Cmp(Col("version", "v"), "=", Col("version", R))),
-)
+
+
+def _current_body(alias: str) -> Join:
+    """The join from a row of resources (or of a page's keys) ``alias`` to its current version's body ``v``."""
+    return Join(
+        Table("resource_versions", "v"),
+        and_(Cmp(Col("rid", "v"), "=", Col("rid", alias)), Cmp(Col("version", "v"), "=", Col("version", alias))),
+    )
+
+
+CURRENT_BODY = _current_body(R)
+PAGE_BODY = _current_body(PAGE)
 ENTRY_COLUMNS = (Col("rid", R), Col("res_type", R), Col("res_id", R), Col("version", R), Col("body", "v"))
 
 
@@ -399,15 +407,11 @@ def page_select(
         RESOURCES, where=filt, order_by=orders, limit=limit, offset=offset,
     )
     p = PAGE
-    body = Join(
-        Table("resource_versions", "v"),
-        and_(Cmp(Col("rid", "v"), "=", Col("rid", p)), Cmp(Col("version", "v"), "=", Col("version", p))),
-    )
     sort_cols = [Col(k.name, p) for k in keys]
     columns = (Col("rid", p), Col("res_type", p), Col("res_id", p), Col("version", p), Col("body", "v"),
                *sort_cols, Col("total", p))
     outer_order = (*(Order(col, o.descending) for col, o in zip(sort_cols, orders, strict=False)), Order(Col("rid", p)))
-    return Select(columns, Derived(inner, p), (body,), order_by=outer_order)
+    return Select(columns, Derived(inner, p), (PAGE_BODY,), order_by=outer_order)
 
 
 def keyset_after(orders: tuple[Order, ...], values: tuple[Any, ...]) -> Expr:

@@ -12,26 +12,24 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from salus.cli_options import DataDir, settings_for
+
 audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
 console = Console(stderr=True)
 
 
 @audit_app.command("verify")
 def verify_command(
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", "-d", help="Folder holding the SQLite database (default ./salus-data).")
-    ] = None,
+    data_dir: DataDir = None,
     key_file: Annotated[
         Path | None, typer.Option("--key-file", help="The audit key (default DATA_DIR/audit.key).")
     ] = None,
 ) -> None:
     """Recompute every audit entry's hash and link: exit 0 if the chain is intact, 1 at the first broken entry."""
-    # imported here: the CLI module loads fast and the settings helper stays the one in salus.cli
-    from salus.cli import _settings
     from salus.security.audit import read_key, verify
     from salus.store import open_store
 
-    settings = _settings(data_dir)
+    settings = settings_for(data_dir)
     try:
         key = read_key(key_file or settings.data_dir / "audit.key")
     except (FileNotFoundError, ValueError) as err:

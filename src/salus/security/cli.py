@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from salus.cli_options import DataDir, describe_db, settings_for
 from salus.store.base import Store
 
 clients_app = typer.Typer(help="Client applications of the SMART authorization server.", no_args_is_help=True)
@@ -26,20 +27,17 @@ keys_app = typer.Typer(help="The server's token signing keys.", no_args_is_help=
 err = Console(stderr=True)
 out = Console()
 
-# the same option as the other commands of salus.cli (not imported from there: salus.cli imports this module)
-DataDir = Annotated[Path | None, typer.Option("--data-dir", "-d", help="Folder holding the SQLite database (default ./salus-data).")]
 
 
 @contextmanager
 def _store(data_dir: Path | None) -> Iterator[tuple[Store, str]]:
     """The store the settings name and its description; a ``ValueError`` becomes exit status 2."""
-    from salus.cli import _describe_db, _settings
     from salus.store import open_store
 
-    settings = _settings(data_dir)
+    settings = settings_for(data_dir)
     store = open_store(settings.effective_database_url, pool_size=1)
     try:
-        yield store, _describe_db(settings)
+        yield store, describe_db(settings)
     except ValueError as e:
         err.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None

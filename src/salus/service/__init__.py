@@ -202,9 +202,10 @@ class FhirService:
             if now is None:
                 raise FhirError.of(404, "not-found", f"Resource {res_type}/{res_id} is not known")
             if access() is not None:
-                # the latest version with content says whose it is (a deleted one has none)
-                latest = next((v for v in self.store.history(res_type, res_id, since=None, at=None, before_seq=None,
-                                                             limit=1000) if v.body is not None), now)
+                latest = now
+                if now.body is None:  # deleted: the latest version with content says whose it was
+                    latest = next((v for v in self.store.history(res_type, res_id, since=None, at=None,
+                                                                 before_seq=None, limit=1000) if v.body is not None), now)
                 self.guard.check_body("r", res_type, res_id, latest.body)
         elif res_type is not None:
             self.guard.require("s", res_type)
@@ -276,10 +277,11 @@ class FhirService:
             if not page.has_next or seen >= limit:
                 break
             cursor = page.next_cursor
-        counted = run_search(self.store, res_type, pairs, count=0, strict=strict, compartment=compartment)
-        counted.total = seen if seen < limit else None  # beyond the limit: unknown rather than a leak
-        counted.summary = "count"
-        return counted
+        # the last page's result carries what was applied; it answers with the count only
+        page.entries, page.included, page.has_next, page.next_cursor = [], [], False, None
+        page.total = seen if seen < limit else None  # beyond the limit: unknown rather than a leak
+        page.summary = "count"
+        return page
 
     def _visible_only(self, acc: Access, result: SearchResult) -> None:
         """Drop the matches and included resources the caller may not see (granular scopes, system search, consent)."""
@@ -333,17 +335,18 @@ class FhirService:
 
     def _write(
         self, tx: Transaction, res_type: str, res_id: str, resource: dict[str, Any] | None, method: str,
-        *, check_refs: bool = True, rows: IndexRows | None = None,
+        *, check_refs: bool = True, rows: IndexRows | None = None, authorized: bool = False,
     ) -> StoredVersion:
-        """Write the next version of ``res_type/res_id`` (a deletion when ``resource`` is None)."""
+        """Write the next version of ``res_type/res_id`` (a deletion when ``resource`` is None).
+
+        ``authorized``: the caller already checked this write against the policy (``_authorize_write``).
+        """
         current = tx.current(res_type, res_id)
-        exists = current is not None and not current.deleted
         if res_type == "AuditEvent" and current is not None:
             # a record of what happened is never rewritten (the audit trail itself is the hash chain)
             raise FhirError.of(405, "not-supported", "AuditEvents cannot be updated or deleted")
-        if access() is not None:
-            old = tx.read(res_type, res_id) if exists else None
-            self.guard.check_write(res_type, res_id, resource, old.body if old else None, exists)
+        if not authorized:
+            self._authorize_write(tx, res_type, res_id, resource, current is not None and not current.deleted)
         version = (current.version + 1) if current else 1
         stamp = db_instant(self.now())
         body: str | None = None
@@ -357,6 +360,15 @@ class FhirService:
         tx.write_version(res_type, res_id, version, stamp, method, body, rows, current)
         self._changed(res_type, res_id, version, method, body)
         return StoredVersion(res_type, res_id, version, stamp, method, body)
+
+    def _authorize_write(
+        self, tx: Transaction, res_type: str, res_id: str, resource: dict[str, Any] | None, exists: bool,
+    ) -> None:
+        """The policy's check of a write: the new content and, when it exists, the stored one."""
+        if access() is None:
+            return
+        old = tx.read(res_type, res_id) if exists else None
+        self.guard.check_write(res_type, res_id, resource, old.body if old else None, exists)
 
     @staticmethod
     def _render(
@@ -549,10 +561,9 @@ class FhirService:
 
         def work(t: Transaction) -> WriteResult:
             current = t.current(res_type, res_id)
-            if current is not None and not current.deleted and access() is not None:
+            if current is not None and not current.deleted:
                 # before If-Match and the referrers: their answers would tell a stranger about the resource
-                old = t.read(res_type, res_id)
-                self.guard.check_write(res_type, res_id, None, old.body if old else None, True)
+                self._authorize_write(t, res_type, res_id, None, True)
             check_if_match(if_match, current.version if current and not current.deleted else None, f"{res_type}/{res_id}")
             if current is None or current.deleted:
                 return WriteResult(204, None)
@@ -566,7 +577,7 @@ class FhirService:
                 )
             for a, b in referrers:
                 self.delete(a, b, cascade=True, tx=t)
-            return WriteResult(204, self._write(t, res_type, res_id, None, "DELETE"))
+            return WriteResult(204, self._write(t, res_type, res_id, None, "DELETE", authorized=True))
 
         return self._run(tx, work)
 

@@ -106,8 +106,10 @@ class Guard:
     @staticmethod
     def confined(acc: Access | None, interaction: str, res_type: str) -> bool:
         """Whether allowing the interaction depends on the resource's content (compartment, granular scopes)."""
-        if acc is None or not acc.allowed(interaction, res_type):
-            return acc is not None
+        if acc is None:
+            return False
+        if not acc.allowed(interaction, res_type):
+            return True  # refused whatever it holds: ``permits`` says no
         return acc.compartment(interaction, res_type) is not None or acc.filters(interaction, res_type) is not None
 
     def check_body(self, interaction: str, res_type: str, res_id: str, body: str | None) -> None:
