@@ -51,6 +51,11 @@ def test_strict_rejects_unknown_and_everyone_rejects_malformed(client: TestClien
     assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
     assert client.get("/fhir/Patient?birthdate=notadate").status_code == 400
     assert client.get("/fhir/Patient?_count=abc").status_code == 400
+    # digits that str.isdigit() accepts but are not ASCII (found by the attack suite: int('²') raised, a 500)
+    for odd in ("²", "٣", "１"):
+        assert client.get("/fhir/Patient", params={"_count": odd}).status_code == 400, odd
+        assert client.get("/fhir/Patient", params={"_offset": odd}).status_code == 400, odd
+        assert client.get(f"/fhir/Patient/x/_history/{odd}").status_code in (400, 404), odd
 
 
 def test_compartment_and_system_search(client: TestClient) -> None:

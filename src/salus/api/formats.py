@@ -60,7 +60,7 @@ def negotiate(request: Request) -> str:
 async def read_limited(request: Request, max_bytes: int) -> bytes:
     """The whole body, refused with 413 as soon as it passes ``max_bytes`` (declared or streamed)."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise FhirError.of(413, "too-costly", f"The body is larger than the limit of {max_bytes} bytes")
     chunks = []
     size = 0

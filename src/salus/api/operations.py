@@ -102,7 +102,7 @@ class Operations:
                    for name in ("start", "end") if name in args]
         page_size: int | None = None
         if count is not None:
-            if not count.isdigit():
+            if not (count.isascii() and count.isdigit()):
                 raise FhirError.of(400, "invalid", f"_count must be a non-negative integer, not {count!r}")
             page_size = int(count)
         query: list[tuple[str, str]] = []

@@ -93,7 +93,7 @@ class RestApi:
         raw = request.query_params.get(name)
         if raw is None or raw == "":
             return None
-        if not raw.lstrip("-").isdigit():
+        if not (raw.isascii() and raw.lstrip("-").isdigit()):
             raise FhirError.of(400, "invalid", f"{name} must be an integer, not {raw!r}")
         return int(raw)
 
@@ -268,7 +268,7 @@ class RestApi:
         count_raw = next((v for k, v in params if k == "_count"), None)
         count = None
         if count_raw is not None:
-            if not count_raw.isdigit():
+            if not (count_raw.isascii() and count_raw.isdigit()):
                 raise FhirError.of(400, "invalid", f"_count must be a non-negative integer, not {count_raw!r}")
             count = int(count_raw)
         offset = self.int_param(request, "_offset") or 0

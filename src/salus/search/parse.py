@@ -240,7 +240,7 @@ def _result_parameter(q: SearchQuery, name: str, value: str, types: tuple[str, .
     """``_count``, ``_sort``, ``_include``, ``_revinclude``, ``_summary``, ``_elements``, ``_total``."""
     code, _, modifier = name.partition(":")
     if code == "_count":
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):
             raise invalid(name, f"_count must be a non-negative integer, not '{value}'")
         q.count = int(value)
     elif code == "_sort":

@@ -263,7 +263,7 @@ class _Parser:
             elif tok == "[":
                 self.take()
                 n = self.take()
-                if not n.isdigit():
+                if not (n.isascii() and n.isdigit()):
                     raise _Unsupported(n)
                 self.take("]")
                 steps.append(("index", int(n)))

@@ -176,7 +176,7 @@ class FhirService:
         """One version; 404 if unknown, 410 if that version is a deletion."""
         self.check_type(res_type)
         self.check_id(res_id)
-        if not version.isdigit() or len(version) > 18:  # past 64 bits no version can exist
+        if not (version.isascii() and version.isdigit()) or len(version) > 18:  # past 64 bits no version can exist
             raise FhirError.of(404, "not-found", f"Version {version[:40]!r} of {res_type}/{res_id} is not known")
         v = self.store.vread(res_type, res_id, int(version))
         if v is None:

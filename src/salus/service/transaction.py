@@ -281,7 +281,7 @@ def _get(service: FhirService, tx: Transaction | None, e: Entry, base_url: str) 
         return {"resource": orjson.Fragment(v.body), "response": {
             "status": "200 OK", "etag": f'W/"{v.version}"', "lastModified": fhir_instant(v.last_updated)}}
     query = parse_qsl(e.query, keep_blank_values=True)
-    count = next((int(v) for k, v in query if k == "_count" and v.isdigit()), None)
+    count = next((int(v) for k, v in query if k == "_count" and v.isascii() and v.isdigit()), None)
     result = service.search(e.res_type, query, count=count, tx=tx)
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if result.total is not None:
