@@ -7,7 +7,7 @@ import platform
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,12 +97,18 @@ def pg_schema() -> Iterator[str]:
 
 def backends(tmp: Path) -> Iterator[tuple[str, str]]:
     """(name, database URL) of a fresh database per backend; PostgreSQL only when reachable."""
-    yield "SQLite", f"sqlite:///{tmp / f'bench-{uuid.uuid4().hex[:6]}.db'}"
-    if pg_available():
-        with pg_schema() as url:
-            yield "PostgreSQL", url
-    else:
+    for name, (url,) in backend_databases(tmp, 1):
+        yield name, url
+
+
+def backend_databases(tmp: Path, count: int) -> Iterator[tuple[str, list[str]]]:
+    """(name, URLs of ``count`` fresh databases) per backend; PostgreSQL only when reachable."""
+    yield "SQLite", [f"sqlite:///{tmp / f'bench-{uuid.uuid4().hex[:6]}.db'}" for _ in range(count)]
+    if not pg_available():
         print(f"PostgreSQL not reachable at {PG_URL}: its figures are skipped")
+        return
+    with ExitStack() as stack:
+        yield "PostgreSQL", [stack.enter_context(pg_schema()) for _ in range(count)]
 
 
 def rate(n: int, seconds: float) -> str:

@@ -60,7 +60,7 @@ def _truncate(store: Store) -> None:
         tx.query(
             "TRUNCATE resources, resource_versions, idx_string, idx_token, idx_reference, idx_date, "
             "idx_number, idx_quantity, idx_uri, refs, search_param_state, audit_log, auth_users, auth_clients, "
-            "auth_keys, auth_codes, auth_tokens, auth_assertions RESTART IDENTITY"
+            "auth_keys, auth_codes, auth_tokens, auth_assertions, data_keys RESTART IDENTITY"
         )
         tx.query("DELETE FROM salus_meta WHERE key IN ('search_params_version', 'audit_head')")
 
@@ -71,6 +71,10 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'salus.db'}"
     url = request.getfixturevalue("pg_schema_url")
+    with psycopg.connect(url, autocommit=True) as conn:
+        created = conn.execute("SELECT to_regclass('data_keys')").fetchone()[0] is not None  # type: ignore[index]
+        if created:  # emptied without opening a store: a test may have left it encrypted
+            conn.execute("TRUNCATE data_keys")
     store = open_store(url, pool_size=2)
     _truncate(store)
     store.close()

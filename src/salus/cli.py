@@ -39,9 +39,9 @@ console = Console(stderr=True)
 
 def _service(settings: Settings):  # type: ignore[no-untyped-def]
     from salus.service import FhirService
-    from salus.store import open_store
+    from salus.store import open_configured
 
-    return FhirService(open_store(settings.effective_database_url, pool_size=settings.pool_size), settings)
+    return FhirService(open_configured(settings), settings)
 
 
 def _loopback(host: str) -> bool:
@@ -96,12 +96,15 @@ def serve(
     os.environ["SALUS_AUTH"] = settings.auth
     if settings.database_url:
         os.environ["SALUS_DATABASE_URL"] = settings.database_url
-    from salus.store import open_store
+    from salus.store import open_configured
 
-    open_store(settings.effective_database_url, pool_size=1).close()  # create/migrate once, before workers start
+    store = open_configured(settings, pool_size=1)  # create/migrate once, before workers start
+    encrypted = store.crypto is not None
+    store.close()
     scheme = "https" if tls_cert else "http"
     console.print(f"[bold green]Salus[/] FHIR R4 server on [bold]{scheme}://{host}:{port}/fhir[/]")
-    console.print(f"  store: {describe_db(settings)}; workers: {workers}")
+    console.print(f"  store: {describe_db(settings)}; workers: {workers}; "
+                  f"encryption at rest: {'on (AES-256-GCM)' if encrypted else 'off'}")
     if settings.auth == "off":
         console.print("  [yellow]security is OFF[/]: no authentication, every request has full rights; loopback only")
     else:
@@ -259,21 +262,22 @@ def reindex(
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DataDir = None) -> None:
     """Create or migrate the database schema to the current version."""
-    from salus.store import open_store
+    from salus.store import open_configured
     from salus.store.schema import SCHEMA_VERSION
 
     settings = settings_for(data_dir)
-    open_store(settings.effective_database_url).close()
+    open_configured(settings).close()
     console.print(f"{describe_db(settings)}: schema at version {SCHEMA_VERSION}")
 
 
 def main() -> None:
     """Entry point of ``salus`` and ``python -m salus``: a database it cannot use is a message, not a traceback."""
+    from salus.store.crypto import EncryptionError
     from salus.store.schema import SchemaTooNew
 
     try:
         app()
-    except SchemaTooNew as err:
+    except (SchemaTooNew, EncryptionError) as err:
         console.print(f"[red]error:[/] {err}")
         raise SystemExit(2) from None
 

@@ -43,6 +43,8 @@ _ENV: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("SALUS_OIDC_ISSUER", "external_oidc_issuer", _url),
     ("SALUS_OIDC_JWKS", "external_oidc_jwks", str),
     ("SALUS_AUDIT", "audit", _bool),
+    ("SALUS_MASTER_KEY", "master_key", str),
+    ("SALUS_MASTER_KEY_FILE", "master_key_file", Path),
 )
 
 
@@ -72,6 +74,9 @@ class Settings:
     external_oidc_jwks: str | None = None  # a JWKS URL or a file path
     # the tamper-evident audit trail (salus.security.audit); None: on exactly when auth is on
     audit: bool | None = None
+    # encryption at rest (salus.store.crypto): base64 master keys, the current one first, or a file of them
+    master_key: str | None = None
+    master_key_file: Path | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -83,8 +88,9 @@ class Settings:
             if v := env.get(var):
                 s = replace(s, **{name: convert(v)})
         clean = {k: v for k, v in overrides.items() if v is not None}
-        if "data_dir" in clean:
-            clean["data_dir"] = Path(clean["data_dir"])  # type: ignore[arg-type]
+        for name in ("data_dir", "master_key_file"):
+            if name in clean:
+                clean[name] = Path(clean[name])  # type: ignore[arg-type]
         return replace(s, **clean)  # type: ignore[arg-type]
 
     @property

@@ -21,6 +21,7 @@ class SqliteDb:
     """The ``Queryable`` search needs, over one SQLite connection."""
 
     dialect = "sqlite"
+    crypto = None
 
     def __init__(self) -> None:
         self.conn = sqlite3.connect(":memory:", isolation_level=None)
@@ -44,6 +45,7 @@ class PostgresDb:
     """The same over psycopg 3, in a throw-away schema; translates ``?`` to ``%s`` like the store."""
 
     dialect = "postgresql"
+    crypto = None
 
     def __init__(self) -> None:
         import psycopg

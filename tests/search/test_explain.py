@@ -170,6 +170,7 @@ class Recorder:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.dialect = store.dialect
+        self.crypto = store.crypto
         self.statements: list[tuple[str, list[Any]]] = []
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

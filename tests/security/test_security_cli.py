@@ -75,3 +75,32 @@ def test_keys(backend: str, tmp_path: Path) -> None:
     assert kid1 in listed.stdout and kid2 in listed.stdout and "active" in listed.stdout
     bad = run(backend, tmp_path, "keys", "rotate", "--alg", "HS256")
     assert bad.returncode == 2 and "unsupported signing algorithm" in bad.stderr
+
+
+def test_encryption_keys(backend: str, tmp_path: Path) -> None:
+    made = subprocess.run([*SALUS, "keys", "new-master"], capture_output=True, text=True, timeout=60)
+    old = made.stdout.strip()
+    new = subprocess.run([*SALUS, "keys", "new-master"], capture_output=True, text=True, timeout=60).stdout.strip()
+    assert made.returncode == 0 and len(old) == 44 and old != new
+    key_file = tmp_path / "master.keys"
+    key_file.write_text(old + "\n")
+
+    def salus(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        full = {**os.environ, "SALUS_DATABASE_URL": backend, **env}
+        return subprocess.run([*SALUS, *args, "--data-dir", str(tmp_path)], capture_output=True, text=True,
+                              timeout=120, env=full)
+
+    assert salus("db", "upgrade", SALUS_MASTER_KEY_FILE=str(key_file)).returncode == 0
+    # without the key, or with another one, the database is refused with a message
+    for env in ({}, {"SALUS_MASTER_KEY": new}):
+        res = salus("keys", "list", **env)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        said = " ".join(res.stderr.split())  # rich wraps long lines
+        assert "this database is encrypted" in said or "which is not configured" in said
+    # the master key changes: new first, old second; afterwards the new one alone opens the database
+    res = salus("keys", "rotate", SALUS_MASTER_KEY=f"{new},{old}")
+    assert res.returncode == 0, res.stderr
+    said = " ".join(res.stderr.split())
+    assert "new data key 3" in said and "2 data keys re-wrapped" in said
+    assert salus("keys", "list", SALUS_MASTER_KEY=new).returncode == 0
+    assert salus("keys", "list", SALUS_MASTER_KEY_FILE=str(key_file)).returncode == 2

@@ -24,7 +24,7 @@ from salus.config import Settings
 from salus.fhir.outcome import FhirError
 from salus.security.smart import auth_routes
 from salus.service import FhirService
-from salus.store import open_store
+from salus.store import open_configured
 
 log = logging.getLogger("salus.api")
 
@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     """Build the app over a service (or over the store the settings name)."""
     settings = settings or Settings.from_env()
     if service is None:
-        service = FhirService(open_store(settings.effective_database_url, pool_size=settings.pool_size), settings)
+        service = FhirService(open_configured(settings), settings)
     api = RestApi(service)
     ops = Operations(api)
     started = datetime.now(UTC).isoformat(timespec="seconds")

@@ -18,10 +18,12 @@ import orjson
 
 from salus.fhir.outcome import FhirError, Issue
 from salus.search import compile as c
+from salus.search.blinding import blind_query
 from salus.search.parse import parse_query
 from salus.search.registry import pending_issue
 from salus.search.tree import SearchQuery
 from salus.search.valuesets import resolve_modifiers
+from salus.store.crypto import Crypto
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 1000
@@ -37,6 +39,7 @@ class Queryable(Protocol):
     """What search needs of the store: its SQL dialect and a read query."""
 
     dialect: str
+    crypto: Crypto | None  # encryption at rest: bodies sealed, identifying index values hashed
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read query and return all rows."""
@@ -109,6 +112,23 @@ def estimate_total(db: Queryable, filt: Any) -> int:
     return int(_run(db, c.count_select(filt))[0][0])
 
 
+def _parsed(db: Queryable, resource_type: str | None, query: list[tuple[str, str]]) -> SearchQuery:
+    """The query as the store's index can answer it: value sets expanded, identifying values hashed."""
+    q = parse_query(resource_type, query)
+    resolve_modifiers(db, q)
+    if db.crypto is not None:
+        blind_query(q, db.crypto)
+    return q
+
+
+def _entries(db: Queryable, rows: list[tuple[Any, ...]]) -> list[Entry]:
+    """``(type, id, body)`` of result rows ``(rid, type, id, version, body, ...)``, bodies opened if sealed."""
+    crypto = db.crypto
+    if crypto is None:
+        return [(r[1], r[2], r[4]) for r in rows]
+    return [(r[1], r[2], crypto.open(r[1], r[2], r[3], r[4]) or "") for r in rows]
+
+
 def _reject_unknown(q: SearchQuery) -> None:
     if q.unknown or q.pending:
         raise FhirError(
@@ -143,8 +163,7 @@ def run_search(
     ``cursor`` (from a previous page's ``next_cursor``) starts the page right after that
     page's last row, which stays correct while resources are written meanwhile.
     """
-    q = parse_query(resource_type, query)
-    resolve_modifiers(db, q)
+    q = _parsed(db, resource_type, query)
     if strict:
         _reject_unknown(q)
     size = count if count is not None else q.count if q.count is not None else DEFAULT_COUNT
@@ -168,7 +187,7 @@ def run_search(
     rows = rows[:size]
     if result.has_next:
         result.next_cursor = encode_cursor(q, rows[-1])
-    result.entries = [(r[1], r[2], r[4]) for r in rows]
+    result.entries = _entries(db, rows)
     if q.total != "none":
         if counted is not None:
             result.total = counted
@@ -210,7 +229,7 @@ def _included(db: Queryable, q: SearchQuery, rows: list[tuple[Any, ...]]) -> lis
                 if r[0] not in seen:
                     seen.add(r[0])
                     new.append(r)
-        out += [(r[1], r[2], r[4]) for r in new]
+        out += _entries(db, new)
         if len(out) > MAX_INCLUDED:
             raise FhirError.of(
                 400,
@@ -233,8 +252,7 @@ def match_ids(
     update or delete the wrong resources. ``compartment`` confines the matches
     (a caller confined to one patient's compartment matches only there).
     """
-    q = parse_query(resource_type, query)
-    resolve_modifiers(db, q)
+    q = _parsed(db, resource_type, query)
     _reject_unknown(q)
     rows = _run(db, c.ids_select(q, c.where(q, compartment), limit))
     return [(str(r[0]), int(r[1])) for r in rows]

@@ -41,9 +41,14 @@ class ParamDef:
 
 @dataclass(frozen=True)
 class StringValue:
-    """A string search value (matched on the normalised form unless ``:exact``)."""
+    """A string search value (matched on the normalised form unless ``:exact``).
+
+    ``blinded`` holds the keyed hashes of its normalised and exact forms when the
+    parameter's index values are hashed (encryption at rest, ``salus.search.blinding``).
+    """
 
     text: str
+    blinded: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)

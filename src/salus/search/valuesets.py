@@ -20,6 +20,7 @@ import orjson
 from salus.fhir.definitions import r4
 from salus.fhir.outcome import FhirError
 from salus.search.tree import SearchQuery, TokenValue
+from salus.store.base import opened
 
 Code = tuple[str | None, str]
 MAX_DEPTH = 8
@@ -29,13 +30,13 @@ def _fetch(db: Any, res_type: str, canonical: str) -> dict[str, Any] | None:
     """The current resource of ``res_type`` whose ``url`` (and ``version``, if given) match."""
     url, _, version = canonical.partition("|")
     rows = db.query(
-        "SELECT v.body FROM resources r JOIN resource_versions v ON v.rid = r.rid AND v.version = r.version "
+        "SELECT r.res_id, r.version, v.body FROM resources r JOIN resource_versions v ON v.rid = r.rid AND v.version = r.version "
         "WHERE r.res_type = ? AND NOT r.deleted AND r.rid IN "
         "(SELECT u.rid FROM idx_uri u WHERE u.res_type = ? AND u.param = 'url' AND u.value = ?) ORDER BY r.rid",
         (res_type, res_type, url),
     )
-    for (body,) in rows:
-        res = orjson.loads(body)
+    for res_id, ver, body in rows:
+        res = orjson.loads(opened(db, res_type, res_id, ver, body) or "{}")
         if not version or res.get("version") == version:
             return res
     return None

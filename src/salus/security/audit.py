@@ -15,6 +15,9 @@ written in the same transaction as the entries, so a truncated tail shows too.
 
 Writes append their events inside their own transaction (``append`` /
 ``append_many``), so a change and its audit entry commit or vanish together.
+With encryption at rest on, bodies are sealed like resources (``read_event`` opens
+one) and the chain covers the sealed form: ``verify`` needs the audit key, not the
+master key.
 Reads and searches, which open no write transaction, go through
 ``BufferedAuditWriter``: events are batched, many per transaction.
 See docs/audit.md.
@@ -354,6 +357,8 @@ def append_many(tx: Transaction, events: Iterable[dict[str, Any]], key: bytes) -
         event["recorded"] = recorded
         body = orjson.dumps(event).decode("utf-8")
         seq += 1
+        if tx.crypto is not None:  # encryption at rest: queries and names in events are data too
+            body = tx.crypto.seal("AuditEvent", event_id, seq, body)
         digest = entry_hash(key, seq, recorded, event_id, body, prev)
         rows.append((seq, event_id, recorded, body, prev, digest))
         prev = digest
@@ -369,6 +374,15 @@ def append_many(tx: Transaction, events: Iterable[dict[str, Any]], key: bytes) -
         (HEAD_KEY, f"{seq}:{prev}"),
     )
     return [row[1] for row in rows]
+
+
+def read_event(q: Queryable, seq: int) -> dict[str, Any] | None:
+    """The AuditEvent at ``seq`` as recorded (opened, when encryption at rest sealed it)."""
+    rows = q.query("SELECT event_id, body FROM audit_log WHERE seq = ?", (seq,))
+    if not rows:
+        return None
+    event_id, body = rows[0]
+    return orjson.loads(body if q.crypto is None else q.crypto.open("AuditEvent", event_id, seq, body) or "{}")  # type: ignore[no-any-return]
 
 
 def append(tx: Transaction, event: dict[str, Any], key: bytes) -> str:

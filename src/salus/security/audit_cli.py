@@ -27,7 +27,7 @@ def verify_command(
 ) -> None:
     """Recompute every audit entry's hash and link: exit 0 if the chain is intact, 1 at the first broken entry."""
     from salus.security.audit import read_key, verify
-    from salus.store import open_store
+    from salus.store import open_configured
 
     settings = settings_for(data_dir)
     try:
@@ -35,7 +35,7 @@ def verify_command(
     except (FileNotFoundError, ValueError) as err:
         console.print(f"[red]cannot verify: no usable audit key[/] ({err})")
         raise typer.Exit(2) from err
-    store = open_store(settings.effective_database_url, pool_size=1)
+    store = open_configured(settings, pool_size=1)
     try:
         result = verify(store, key)
     finally:

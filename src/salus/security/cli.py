@@ -22,7 +22,8 @@ from salus.store.base import Store
 
 clients_app = typer.Typer(help="Client applications of the SMART authorization server.", no_args_is_help=True)
 users_app = typer.Typer(help="Users who log in to the SMART authorization server.", no_args_is_help=True)
-keys_app = typer.Typer(help="The server's token signing keys.", no_args_is_help=True)
+keys_app = typer.Typer(help="The server's keys: token signing keys, and the data keys of encryption at rest.",
+                       no_args_is_help=True)
 
 err = Console(stderr=True)
 out = Console()
@@ -32,10 +33,10 @@ out = Console()
 @contextmanager
 def _store(data_dir: Path | None) -> Iterator[tuple[Store, str]]:
     """The store the settings name and its description; a ``ValueError`` becomes exit status 2."""
-    from salus.store import open_store
+    from salus.store import open_configured
 
     settings = settings_for(data_dir)
-    store = open_store(settings.effective_database_url, pool_size=1)
+    store = open_configured(settings, pool_size=1)
     try:
         yield store, describe_db(settings)
     except ValueError as e:
@@ -171,12 +172,34 @@ def keys_rotate(
     alg: Annotated[str, typer.Option("--alg", help="RS256 (what every SMART client verifies) or ES384.")] = "RS256",
     data_dir: DataDir = None,
 ) -> None:
-    """Make a new signing key active; the previous ones stay published until their tokens expire."""
-    from salus.security import keys
+    """Rotate keys while servers keep running.
 
+    A new token signing key becomes active (the previous ones stay published until their
+    tokens expire). With encryption at rest on, a new data key seals new writes, and every
+    data key is wrapped under the current master key: the first of SALUS_MASTER_KEY (or the
+    key file). To change the master key, give servers the new key after the old one and
+    restart them one by one, then put the new key first and run this; afterwards the old
+    key can be removed. Nothing is re-encrypted.
+    """
+    from salus.security import keys
+    from salus.store.crypto import read_master_keys, rotate
+
+    settings = settings_for(data_dir)
     with _store(data_dir) as (store, _):
         key = keys.rotate(store, alg)
-    err.print(f"new active {key.alg} signing key {key.kid}")
+        err.print(f"new active {key.alg} signing key {key.kid}")
+        if store.crypto is not None:
+            done = rotate(store, read_master_keys(settings.master_key, settings.master_key_file))
+            err.print(f"new data key {done.new_kid} for new writes; {done.rewrapped} data keys re-wrapped; "
+                      f"every data key is now wrapped by master key {done.master}")
+
+
+@keys_app.command("new-master")
+def keys_new_master() -> None:
+    """Print a new random master key (base64) for SALUS_MASTER_KEY or a key file; nothing is stored."""
+    from salus.store.crypto import new_master_key
+
+    out.print(new_master_key(), highlight=False)
 
 
 @keys_app.command("list")

@@ -39,7 +39,7 @@ from salus.config import Settings
 from salus.fhir.outcome import FhirError
 from salus.security import keys, tokens
 from salus.security.accounts import Client, User, authenticate_user, get_client, get_user, verify_client_secret
-from salus.store.base import Store
+from salus.store.base import Store, opened
 
 CODE_TTL = 60
 LOGIN_TICKET_TTL = 600
@@ -307,15 +307,16 @@ class AuthServer:
 
     def _picker_page(self, oauth: dict[str, str], ticket: str, error: str | None = None) -> Response:
         rows = self.store.query(
-            "SELECT r.res_id, v.body FROM resources r JOIN resource_versions v ON v.rid = r.rid "
+            "SELECT r.res_id, r.version, v.body FROM resources r JOIN resource_versions v ON v.rid = r.rid "
             "AND v.version = r.version WHERE r.res_type = 'Patient' AND r.deleted = ? ORDER BY r.res_id LIMIT 101",
             (False,),
         )
         err = f'<p class="error">{html.escape(error)}</p>' if error else ""
         if 0 < len(rows) <= 100:
             options = "".join(
-                f'<option value="{html.escape(rid)}">{html.escape(_patient_label(rid, body))}</option>'
-                for rid, body in rows
+                f'<option value="{html.escape(rid)}">'
+                f'{html.escape(_patient_label(rid, opened(self.store, "Patient", rid, ver, body) or "{}"))}</option>'
+                for rid, ver, body in rows
             )
             field = f'<select id="patient" name="patient" required>{options}</select>'
         else:  # too many to list (or none): type the id, which is then checked

@@ -41,7 +41,7 @@ lock meanwhile.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,7 @@ from salus.fhir.outcome import FhirError
 from salus.security import audit
 from salus.security.policy import in_patient_compartment
 from salus.security.principal import current
+from salus.store.base import opened
 from salus.store.schema import INDEX_TABLES
 
 if TYPE_CHECKING:
@@ -129,15 +130,9 @@ def _members(tx: Transaction, patient_id: str) -> tuple[dict[int, tuple[str, str
     """The resources to erase whole (rid -> type, id, version count) and the past versions to purge (seq, type)."""
     whole: dict[int, tuple[str, str, int]] = {}
     own = tx.query("SELECT rid, res_id FROM resources WHERE res_type = 'Patient' AND res_id = ?", (patient_id,))
-    # a text filter first (every local form of the reference contains it), then the exact compartment rule
-    candidates = tx.query(
-        "SELECT seq, rid, body FROM resource_versions "
-        "WHERE res_type <> 'Patient' AND body LIKE ? ORDER BY rid, version",
-        (f"%Patient/{patient_id}%",),
-    )
     in_compartment: dict[int, set[int]] = {}
-    for seq, rid, body in candidates:
-        if body is not None and in_patient_compartment(orjson.loads(body), patient_id):
+    for seq, rid, body in _candidates(tx, patient_id):
+        if in_patient_compartment(orjson.loads(body), patient_id):
             in_compartment.setdefault(int(rid), set()).add(int(seq))
     purged: list[tuple[int, str]] = []
     rids = sorted(in_compartment)
@@ -160,6 +155,33 @@ def _members(tx: Transaction, patient_id: str) -> tuple[dict[int, tuple[str, str
         n = tx.query("SELECT COUNT(*) FROM resource_versions WHERE rid = ?", (rid,))[0][0]
         whole[int(rid)] = ("Patient", i, int(n))
     return whole, purged
+
+
+def _candidates(tx: Transaction, patient_id: str) -> Iterator[tuple[int, int, str]]:
+    """``(seq, rid, body)`` of every version whose text names the patient (a filter before the exact rule).
+
+    Every version is read, past ones too: the index knows only current versions. Plain bodies
+    are filtered by the database (every local form of the reference contains ``Patient/id``);
+    sealed ones (encryption at rest) are opened here in batches, a scan of the whole store.
+    """
+    needle = f"Patient/{patient_id}"
+    if tx.crypto is None:
+        yield from tx.query(
+            "SELECT seq, rid, body FROM resource_versions WHERE res_type <> 'Patient' AND body LIKE ?",
+            (f"%{needle}%",),
+        )
+        return
+    last = 0
+    while rows := tx.query(
+        "SELECT seq, rid, res_type, res_id, version, body FROM resource_versions "
+        "WHERE seq > ? AND res_type <> 'Patient' AND body IS NOT NULL ORDER BY seq LIMIT 2000",
+        (last,),
+    ):
+        for seq, rid, t, i, v, body in rows:
+            text = opened(tx, t, i, v, body) or ""
+            if needle in text:
+                yield seq, rid, text
+        last = rows[-1][0]
 
 
 def _referrers(tx: Transaction, whole: dict[int, tuple[str, str, int]]) -> list[str]:

@@ -29,6 +29,7 @@ import orjson
 from salus.fhir.outcome import FhirError
 from salus.search.indexing import index_rows
 from salus.service import db_instant
+from salus.store.base import opened
 
 if TYPE_CHECKING:
     from salus.service import FhirService
@@ -93,7 +94,7 @@ def reindex(
     # PostgreSQL: lock the batch's rows, so a concurrent update cannot interleave its index rows with ours
     lock = " FOR UPDATE OF r" if service.store.dialect == "postgresql" else ""
     sql = (
-        "SELECT r.rid, r.res_type, v.body FROM resources r JOIN resource_versions v "
+        "SELECT r.rid, r.res_type, r.res_id, r.version, v.body FROM resources r JOIN resource_versions v "
         f"ON v.rid = r.rid AND v.version = r.version WHERE r.rid > ? AND NOT r.deleted{where} "
         f"ORDER BY r.rid LIMIT ?{lock}"
     )
@@ -104,12 +105,13 @@ def reindex(
         with service.transaction() as tx:
             rows = tx.query(sql, [last, *args, batch])
             # extracted inside the transaction, with the parameters it read as it began
-            tx.replace_index([(int(rid), rt, index_rows(orjson.loads(body))) for rid, rt, body in rows])
+            tx.replace_index([(int(rid), rt, index_rows(orjson.loads(opened(tx, rt, i, ver, body) or "{}")))
+                              for rid, rt, i, ver, body in rows])
         if not rows:
             break
         last = int(rows[-1][0])
-        for _, rt, _ in rows:
-            report.counts[rt] = report.counts.get(rt, 0) + 1
+        for row in rows:
+            report.counts[row[1]] = report.counts.get(row[1], 0) + 1
         done += len(rows)
         if progress is not None:
             progress(done, total)

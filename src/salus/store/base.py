@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from salus.store.crypto import Crypto
 from salus.store.schema import INDEX_TABLES, index_columns
 
 
@@ -67,13 +68,23 @@ def version_from_row(row: Sequence[Any]) -> StoredVersion:
 
 
 class Queryable(Protocol):
-    """Anything search can run compiled SQL on: the store itself or an open transaction."""
+    """Anything search can run compiled SQL on: the store itself or an open transaction.
+
+    ``crypto`` is set when encryption at rest is on: raw queries then see sealed bodies
+    (``crypto.open`` them) and keyed hashes in the index.
+    """
 
     dialect: str
+    crypto: Crypto | None
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read query and return all rows."""
         ...
+
+
+def opened(db: Queryable, res_type: str, res_id: str, version: int, body: str | None) -> str | None:
+    """A body read by a raw query, opened if the store seals bodies (select type, id and version with it)."""
+    return body if db.crypto is None else db.crypto.open(res_type, res_id, int(version), body)
 
 
 class Transaction(Queryable, Protocol):

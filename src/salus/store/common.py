@@ -7,13 +7,27 @@ from typing import Any
 
 from salus.store import base
 from salus.store.base import Current, IndexRows, NewResource, StoredVersion, version_from_row
+from salus.store.crypto import Crypto
 from salus.store.schema import INDEX_TABLES, index_columns
 
 
 class CursorOps:
-    """Store operations over a DB-API cursor; subclasses only say how to run SQL."""
+    """Store operations over a DB-API cursor; subclasses only say how to run SQL.
+
+    With ``crypto`` set (encryption at rest), bodies are sealed on the way in and opened
+    on the way out, and identifying index values are replaced by keyed hashes: everything
+    above the store sees plain resources.
+    """
 
     dialect: str
+    crypto: Crypto | None = None
+
+    def _version(self, row: Sequence[Any]) -> StoredVersion:
+        v = version_from_row(row)
+        if self.crypto is None:
+            return v
+        return StoredVersion(v.res_type, v.res_id, v.version, v.last_updated, v.method,
+                             self.crypto.open(v.res_type, v.res_id, v.version, v.body), v.seq)
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         raise NotImplementedError
@@ -36,6 +50,11 @@ class CursorOps:
     ) -> int:
         """Write a new version, make it current and replace the resource's index rows."""
         deleted = body is None
+        if self.crypto is not None:
+            if body is not None:
+                body = self.crypto.seal(res_type, res_id, version, body)
+            if index:
+                index = self.crypto.blind_index(res_type, index)
         if current is None:
             rid = int(self._execute(base.SQL_INSERT_RESOURCE, (res_type, res_id, version, last_updated, deleted)).fetchone()[0])
         else:
@@ -77,6 +96,10 @@ class CursorOps:
         """Bulk-insert first versions: one statement (or COPY) per table for the whole batch."""
         if not items:
             return
+        if self.crypto is not None:
+            seal, blind = self.crypto.seal, self.crypto.blind_index
+            items = [NewResource(it.res_type, it.res_id, it.last_updated, it.method, seal(it.res_type, it.res_id, 1, it.body),
+                                 blind(it.res_type, it.index)) for it in items]
         rids = self._allocate_rids(len(items))
         self._bulk("resources", ["rid", "res_type", "res_id", "version", "last_updated", "deleted"],
                    [(rid, it.res_type, it.res_id, 1, it.last_updated, False) for rid, it in zip(rids, items, strict=True)])
@@ -99,6 +122,8 @@ class CursorOps:
         if not items:
             return
         tables = [t for t in INDEX_TABLES if t != "refs"]
+        if self.crypto is not None:
+            items = [(rid, res_type, self.crypto.blind_index(res_type, index)) for rid, res_type, index in items]
         for start in range(0, len(items), 500):
             rids = [rid for rid, _, _ in items[start:start + 500]]
             marks = ", ".join("?" * len(rids))
@@ -116,12 +141,12 @@ class CursorOps:
     def read(self, res_type: str, res_id: str) -> StoredVersion | None:
         """The current version of a resource (tombstone if deleted), or None."""
         row = self._execute(base.SQL_READ, (res_type, res_id)).fetchone()
-        return version_from_row(row) if row else None
+        return self._version(row) if row else None
 
     def vread(self, res_type: str, res_id: str, version: int) -> StoredVersion | None:
         """One version of a resource, or None."""
         row = self._execute(base.SQL_VREAD, (res_type, res_id, version)).fetchone()
-        return version_from_row(row) if row else None
+        return self._version(row) if row else None
 
     def history(
         self, res_type: str | None, res_id: str | None, *, since: str | None, at: str | None,
@@ -129,7 +154,7 @@ class CursorOps:
     ) -> list[StoredVersion]:
         """Versions newest first at instance, type or system level."""
         sql, params = base.history_sql(res_type, res_id, since, at, before_seq)
-        return [version_from_row(r) for r in self._execute(sql, [*params, limit]).fetchall()]
+        return [self._version(r) for r in self._execute(sql, [*params, limit]).fetchall()]
 
     def history_count(self, res_type: str | None, res_id: str | None, *, since: str | None) -> int:
         """How many versions a history query covers."""
@@ -151,5 +176,5 @@ class CursorOps:
             if not rows:
                 return
             for row in rows:
-                yield version_from_row(row)
+                yield self._version(row)
             last = int(rows[-1][7])

@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from salus.store.base import Current, StoredVersion
 from salus.store.common import CursorOps
+from salus.store.crypto import Crypto, attach
 from salus.store.schema import META_DDL, SCHEMA_VERSION, migration
 
 _QMARK = re.compile(r"\?")
@@ -34,8 +35,9 @@ def to_pyformat(sql: str) -> str:
 class _PgOps(CursorOps):
     dialect = "postgresql"
 
-    def __init__(self, conn: psycopg.Connection) -> None:
+    def __init__(self, conn: psycopg.Connection, crypto: Crypto | None = None) -> None:
         self.conn = conn
+        self.crypto = crypto
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.conn.execute(to_pyformat(sql), params, prepare=True)
@@ -90,8 +92,9 @@ class PostgresStore:
 
     dialect = "postgresql"
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, master_keys: Sequence[bytes] = ()) -> None:
         self.url = url
+        self.crypto: Crypto | None = None
         # open every connection up front: growing the pool under load stalls requests for the connect
         self.pool = ConnectionPool(
             url,
@@ -103,6 +106,7 @@ class PostgresStore:
         )
         self.pool.wait(timeout=30)
         self.migrate()
+        self.crypto = attach(self, master_keys)
 
     def migrate(self) -> None:
         """Create or upgrade the schema to ``SCHEMA_VERSION`` (serialised across processes)."""
@@ -121,38 +125,38 @@ class PostgresStore:
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read query on a pooled connection."""
         with self.pool.connection() as conn:
-            return _PgOps(conn).query(sql, params)
+            return _PgOps(conn, self.crypto).query(sql, params)
 
     @contextmanager
     def transaction(self) -> Iterator[PostgresTransaction]:
         """A write transaction: commit on success, roll back on any exception."""
         with self.pool.connection() as conn, conn.transaction():
-            yield PostgresTransaction(conn)
+            yield PostgresTransaction(conn, self.crypto)
 
     def read(self, res_type: str, res_id: str) -> StoredVersion | None:
         """The current version of a resource, or None."""
         with self.pool.connection() as conn:
-            return _PgOps(conn).read(res_type, res_id)
+            return _PgOps(conn, self.crypto).read(res_type, res_id)
 
     def vread(self, res_type: str, res_id: str, version: int) -> StoredVersion | None:
         """One version of a resource, or None."""
         with self.pool.connection() as conn:
-            return _PgOps(conn).vread(res_type, res_id, version)
+            return _PgOps(conn, self.crypto).vread(res_type, res_id, version)
 
     def history(self, res_type: str | None, res_id: str | None, **kw: Any) -> list[StoredVersion]:
         """Versions newest first."""
         with self.pool.connection() as conn:
-            return _PgOps(conn).history(res_type, res_id, **kw)
+            return _PgOps(conn, self.crypto).history(res_type, res_id, **kw)
 
     def history_count(self, res_type: str | None, res_id: str | None, *, since: str | None) -> int:
         """How many versions a history query covers."""
         with self.pool.connection() as conn:
-            return _PgOps(conn).history_count(res_type, res_id, since=since)
+            return _PgOps(conn, self.crypto).history_count(res_type, res_id, since=since)
 
     def iter_current(self, res_type: str | None, *, batch: int = 1000) -> Iterator[StoredVersion]:
         """Every current non-deleted resource, each batch on a briefly borrowed connection."""
         with self.pool.connection() as conn:
-            yield from _PgOps(conn).iter_current(res_type, batch=batch)
+            yield from _PgOps(conn, self.crypto).iter_current(res_type, batch=batch)
 
     def analyze(self) -> None:
         """Refresh the planner's statistics: right after a bulk load a _has query took minutes without them."""

@@ -109,6 +109,15 @@ def ddl(dialect: str) -> list[str]:
     )
     stmts += _security_ddl(t)
     stmts += _audit_ddl(t)
+    # encryption at rest (salus.store.crypto): data keys, each wrapped by the master key it names by fingerprint
+    stmts.append(
+        f"""CREATE TABLE IF NOT EXISTS data_keys (
+            kid {t['I']} PRIMARY KEY,
+            purpose {t['T']} NOT NULL,
+            master {t['T']} NOT NULL,
+            wrapped {t['T']} NOT NULL,
+            created {t['T']} NOT NULL)"""
+    )
     return stmts
 
 

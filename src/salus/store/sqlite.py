@@ -26,14 +26,16 @@ from typing import Any
 
 from salus.store.base import Current, StoredVersion
 from salus.store.common import CursorOps
+from salus.store.crypto import Crypto, attach
 from salus.store.schema import META_DDL, SCHEMA_VERSION, migration
 
 
 class _SqliteOps(CursorOps):
     dialect = "sqlite"
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, crypto: Crypto | None = None) -> None:
         self.conn = conn
+        self.crypto = crypto
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.conn.execute(sql, params)
@@ -63,8 +65,9 @@ class SqliteStore:
 
     dialect = "sqlite"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, master_keys: Sequence[bytes] = ()) -> None:
         self.path = path
+        self.crypto: Crypto | None = None
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
@@ -73,6 +76,7 @@ class SqliteStore:
         self._writer = threading.Lock()
         self._lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600) if path != ":memory:" else None
         self.migrate()
+        self.crypto = attach(self, master_keys)
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -112,7 +116,7 @@ class SqliteStore:
             raise
 
     def _ops(self) -> _SqliteOps:
-        return _SqliteOps(self._conn())
+        return _SqliteOps(self._conn(), self.crypto)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read query on this thread's connection."""
@@ -138,7 +142,7 @@ class SqliteStore:
         with self._write_turn():
             conn.execute("BEGIN IMMEDIATE")
             try:
-                yield SqliteTransaction(conn)
+                yield SqliteTransaction(conn, self.crypto)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise

@@ -10,7 +10,7 @@ import unicodedata
 from functools import lru_cache
 from typing import Any
 
-from salus.search.sql import Col, Expr, Like, Param, StartsWith, eq, like_escape
+from salus.search.sql import Col, Expr, Like, Param, StartsWith, and_, eq, like_escape
 from salus.search.tree import ParamDef, StringValue
 from salus.search.types import extension_value, invalid, unescape
 
@@ -109,7 +109,16 @@ def parse(raw: str, modifier: str | None, param: ParamDef) -> StringValue:
 
 
 def condition(value: StringValue, modifier: str | None, alias: str = "i") -> Expr:
-    """Default: starts-with on the normalised text; ``:exact``: equality; ``:contains``: substring."""
+    """Default: starts-with on the normalised text; ``:exact``: equality; ``:contains``: substring.
+
+    A blinded value compares keyed hashes: the index holds one per prefix, so starts-with is
+    equality on ``norm``, and ``:exact`` also needs the hash of the exact text.
+    """
+    if value.blinded is not None:
+        norm_hash, exact_hash = value.blinded
+        if modifier == "exact":
+            return and_(eq("norm", norm_hash, alias), eq("exact", exact_hash, alias))
+        return eq("norm", norm_hash, alias)
     if modifier == "exact":
         return eq("exact", value.text, alias)
     norm = normalise(value.text)[:MAX_NORM]
