@@ -6,7 +6,6 @@ import base64
 from collections.abc import Iterator
 from dataclasses import replace
 
-import orjson
 import pytest
 from starlette.testclient import TestClient
 
@@ -33,7 +32,7 @@ def audited(store: Store, settings: Settings) -> Iterator[tuple[TestClient, Sett
 
 
 def events(store: Store) -> list[dict]:
-    return [orjson.loads(b) for (b,) in store.query("SELECT body FROM audit_log ORDER BY seq")]
+    return [e for _, e in audit.read_events(store)]
 
 
 def test_writes_reads_and_searches_are_audited_and_chained(audited: tuple[TestClient, Settings], store: Store) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import orjson
 from starlette.testclient import TestClient
 
 from salus.api import create_app
@@ -53,7 +52,7 @@ def test_patient_app_end_to_end(store: Store, settings: Settings) -> None:
             "resourceType": "Observation", "status": "final", "code": {"text": "x"},
             "subject": {"reference": "Patient/p1"}}).status_code == 403  # rs only
 
-    events = [orjson.loads(b) for (b,) in store.query("SELECT body FROM audit_log ORDER BY seq")]
+    events = [e for _, e in audit.read_events(store)]
     logins = [e for e in events if e["type"]["code"] == "110114"]
     assert [e["outcome"] for e in logins] == ["4", "0"]
     denied = [e for e in events if e["outcome"] == "4" and e["type"]["code"] != "110114"]

@@ -47,6 +47,7 @@ class SecurityMiddleware:
                              f"{b}/.well-known/smart-configuration"}
         self.public_prefix = f"{b}/auth/"
         self.needs_context = settings.auth != "off" or settings.audit_enabled
+        self._bases: dict[tuple[object, ...], str] = {}
 
     def _public(self, path: str) -> bool:
         return path in self.public_exact or path.startswith(self.public_prefix)
@@ -58,15 +59,18 @@ class SecurityMiddleware:
             # without a context reads (salus.security.principal.current), so nothing needs doing
             await self.app(scope, receive, send)
             return
-        request = Request(scope)
+        # the raw ASGI headers (names lower-cased: not every client does; the first of repeated ones):
+        # a starlette Request, its Headers and URL objects cost more than the token check they serve
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in reversed(scope["headers"])}
         try:
-            principal = await self._principal(request)
+            principal = await self._principal(scope, headers)
         except FhirError as err:
+            request = Request(scope)
             response = outcome_response(request, err)
             detail = err.issues[0].diagnostics if err.issues else "authentication required"
             response.headers["WWW-Authenticate"] = (
                 f'Bearer realm="salus", error="invalid_token", error_description="{_quote(detail)}"'
-                if request.headers.get("authorization") else 'Bearer realm="salus"'
+                if headers.get("authorization") else 'Bearer realm="salus"'
             )
             await response(scope, receive, send)
             return
@@ -74,27 +78,38 @@ class SecurityMiddleware:
         ctx = RequestContext(
             principal=principal,
             source=client[0] if client else None,
-            user_agent=request.headers.get("user-agent"),
+            user_agent=headers.get("user-agent"),
             purpose="BTG" if principal.break_glass else None,
         )
         with acting_as(ctx):
             if principal.break_glass:
                 # an emergency access is never quiet: an alert in the log and an entry in the audit trail
                 log.warning("BREAK-THE-GLASS by %s (%s): %s %s; reason: %s", principal.subject, principal.role,
-                            request.method, request.url.path, request.headers.get(BREAK_GLASS_HEADER))
+                            scope["method"], scope["path"], headers.get(BREAK_GLASS_HEADER))
                 if self.on_break_glass is not None:
-                    self.on_break_glass(request.headers.get(BREAK_GLASS_HEADER, "")[:500])
+                    self.on_break_glass(headers.get(BREAK_GLASS_HEADER, "")[:500])
             await self.app(scope, receive, send)
 
-    async def _principal(self, request: Request) -> Principal:
+    def _base_url(self, scope: Scope, headers: dict[str, str]) -> str:
+        """The FHIR base URL the request came to (the tokens' audience), remembered per host."""
+        server = scope.get("server")
+        key = (scope.get("scheme"), headers.get("host"), scope.get("root_path", ""), tuple(server) if server else None)
+        base = self._bases.get(key)
+        if base is None:
+            if len(self._bases) >= 256:  # the Host header is the caller's to choose
+                self._bases.clear()
+            base = self._bases[key] = fhir_base_url(self.settings, str(Request(scope).base_url))
+        return base
+
+    async def _principal(self, scope: Scope, headers: dict[str, str]) -> Principal:
         if self.settings.auth == "off":
             return ANONYMOUS
-        token = bearer_token(request.headers.get("authorization"))
+        token = bearer_token(headers.get("authorization"))
         if token is None:
-            if self._public(request.url.path):
+            if self._public(scope["path"]):
                 return NOBODY
             raise FhirError.of(401, "login", "This server requires a SMART on FHIR bearer access token")
-        base = fhir_base_url(self.settings, str(request.base_url))
+        base = self._base_url(scope, headers)
         try:
             # a token seen in the last seconds needs no database read: checked here, without a thread hop
             principal = verify_access_token(token, store=self.store, settings=self.settings, base_url=base,
@@ -103,7 +118,7 @@ class SecurityMiddleware:
             principal = await run_in_threadpool(
                 verify_access_token, token, store=self.store, settings=self.settings, base_url=base
             )
-        reason = request.headers.get(BREAK_GLASS_HEADER)
+        reason = headers.get(BREAK_GLASS_HEADER)
         if reason:
             principal = replace(principal, break_glass=True)
         return principal

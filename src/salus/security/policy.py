@@ -16,7 +16,7 @@ index uses, so that what a read allows is what a search would have found.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -146,6 +146,8 @@ class Access:
     # the patient role is confined whatever the level of its scopes
     patient_role: bool
     break_glass: bool
+    # _levels answers by (interaction, type): the same few questions are asked several times a request
+    _memo: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, principal: Principal) -> Access:
@@ -171,8 +173,15 @@ class Access:
         # break-the-glass: any record may be read in an emergency, never written, never the audit trail
         return self.break_glass and interaction in "rs" and res_type not in AUDIT
 
-    def _levels(self, interaction: str, res_type: str) -> set[str]:
+    def _levels(self, interaction: str, res_type: str) -> frozenset[str]:
         """The levels of the grants that allow the interaction once the role and confinement are applied."""
+        key = (interaction, res_type)
+        found = self._memo.get(key)
+        if found is None:
+            found = self._memo[key] = frozenset(self._compute_levels(interaction, res_type))
+        return found
+
+    def _compute_levels(self, interaction: str, res_type: str) -> set[str]:
         if not self._role_allows(interaction, res_type):
             return set()
         levels = self.grants.levels(interaction, res_type)
@@ -225,7 +234,7 @@ class Access:
         if not levels:
             raise PermissionError(f"{interaction!r} on {res_type} is not allowed: ask allowed() first")
         if not self.patient_role and levels != {"patient"}:
-            levels.discard("patient")
+            levels = levels - {"patient"}
         out: list[Query] = []
         for level in sorted(levels):
             found = self.grants.filters(interaction, res_type, level)

@@ -33,7 +33,7 @@ from joserfc.jwk import KeySet
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from salus.config import Settings
 from salus.fhir.outcome import FhirError
@@ -566,15 +566,21 @@ def _patient_label(rid: str, body: str | None) -> str:
 
 def auth_routes(
     settings: Settings, store: Store, on_login: Callable[[str, bool], None] | None = None,
-) -> list[Route]:
-    """The authorization server's routes, to mount at the server root (paths include the FHIR base path)."""
+) -> list[BaseRoute]:
+    """The authorization server's routes, to mount at the server root (paths include the FHIR base path).
+
+    The ``auth/`` endpoints sit under one Mount: the router tries them before the FHIR routes (which
+    would take ``auth/token`` for a read), and one prefix test costs every FHIR request less than five.
+    """
     server = AuthServer(settings, store, on_login)
     b = settings.base_path
     return [
         Route(f"{b}/.well-known/smart-configuration", server.smart_configuration, methods=["GET"]),
-        Route(f"{b}/auth/jwks", server.jwks, methods=["GET"]),
-        Route(f"{b}/auth/authorize", server.authorize, methods=["GET", "POST"]),
-        Route(f"{b}/auth/token", server.token, methods=["POST"]),
-        Route(f"{b}/auth/introspect", server.introspect, methods=["POST"]),
-        Route(f"{b}/auth/revoke", server.revoke, methods=["POST"]),
+        Mount(f"{b}/auth", routes=[
+            Route("/jwks", server.jwks, methods=["GET"]),
+            Route("/authorize", server.authorize, methods=["GET", "POST"]),
+            Route("/token", server.token, methods=["POST"]),
+            Route("/introspect", server.introspect, methods=["POST"]),
+            Route("/revoke", server.revoke, methods=["POST"]),
+        ]),
     ]

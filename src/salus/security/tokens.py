@@ -391,11 +391,28 @@ def verify_access_token(
         if not isinstance(jti, str):
             raise _unauthorized("the access token has no id")
         _check_not_revoked(store, jti, at, offline)
+    principal = _PRINCIPALS.get(key)
+    if principal is None:
+        principal = _principal_of(claims)
+        with _VERIFIED_LOCK:
+            if len(_PRINCIPALS) >= _VERIFIED_MAX:
+                _PRINCIPALS.clear()
+            _PRINCIPALS[key] = principal
+    return principal
+
+
+# the Principal each verified token stands for, built once: the same object on every request also lets
+# what is derived from it (the policy's Access, the audit agents) be remembered per caller
+_PRINCIPALS: dict[tuple[str, str, str | None, str | None], Principal] = {}
+
+
+def _principal_of(claims: dict[str, Any]) -> Principal:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise _unauthorized("the access token has no subject")
     role = claims.get("role") if isinstance(claims.get("role"), str) else None
     patient = claims.get("patient")
+    jti = claims.get("jti")
     return Principal(
         subject=sub,
         kind="system" if role in SYSTEM_ROLES else "user",

@@ -37,7 +37,9 @@ log = logging.getLogger("salus.security")
 
 
 @lru_cache(maxsize=4096)
+@lru_cache(maxsize=1024)
 def _access(principal: Principal) -> Access:
+    """The access of a principal, remembered: a token's principal is the same object on every request."""
     return Access.of(principal)
 
 
