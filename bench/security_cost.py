@@ -15,6 +15,9 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from urllib.parse import quote
+
+import orjson
 
 from bench.common import Report, backend_databases
 from bench.http_load import WORKERS, free_port, lua_cycle, serving, wrk
@@ -54,8 +57,8 @@ def _load(url: str, data_dir: Path, patients: int, master: str | None, base: str
     service = FhirService(store, Settings(data_dir=data_dir))
     import_resources(service, (("demo", r) for r in demo.generate(patients, 1)))
     ids = [r[0] for r in store.query("SELECT res_id FROM resources WHERE res_type = 'Patient' ORDER BY rid")]
-    families = sorted({p.body.split('"family":"', 1)[1].split('"', 1)[0]  # type: ignore[union-attr]
-                       for p in store.iter_current("Patient") if '"family":"' in (p.body or "")})
+    families = sorted({quote(orjson.loads(p.body)["name"][0]["family"])  # type: ignore[arg-type]
+                       for p in store.iter_current("Patient") if '"family":' in (p.body or "")})
     # a clinician's app token: the policy and the scopes are both evaluated on every request
     grant = Grant(grant_id="bench", client_id="bench", subject="bench-clinician", scope="user/*.rs",
                   role="clinician", fhir_user="Practitioner/bench")

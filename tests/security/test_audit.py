@@ -318,6 +318,13 @@ def test_cli_verify_exit_codes(chain: Store, backend: str, tmp_path: Path, monke
     assert "audit chain broken at entry 57: content changed" in res.output
     res = runner.invoke(app, ["audit", "verify", "--data-dir", str(tmp_path / "nowhere")])
     assert res.exit_code == 2 and "no usable audit key" in res.output
+    # salus audit show: the events as JSON lines, unpacked, in chain order
+    res = runner.invoke(app, ["audit", "show", "--data-dir", str(data), "--after", "1230"])
+    assert res.exit_code == 0, res.output
+    shown = [orjson.loads(line) for line in res.output.splitlines()]
+    assert [d["seq"] for d in shown] == [1231, 1232, 1233, 1234]
+    assert shown[0]["event"]["resourceType"] == "AuditEvent"
+    assert shown[0]["event"]["entity"][1]["what"]["reference"] == "Patient/1230"
 
 
 def test_cli_verify_reads_the_sqlite_database_of_the_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""``salus audit``: prove the audit chain intact, or name the first broken entry.
+"""``salus audit``: prove the audit chain intact, or name the first broken entry; show entries.
 
 Registered by ``salus.cli`` as ``app.add_typer(audit_app, name="audit")``. Exit codes are the
 contract scripts and monitoring rely on: 0 intact, 1 broken, 2 cannot verify (no key).
@@ -48,3 +48,23 @@ def verify_command(
         return
     console.print(f"[red]{result}[/]")
     raise typer.Exit(1)
+
+
+@audit_app.command("show")
+def show_command(
+    data_dir: DataDir = None,
+    after: Annotated[int, typer.Option("--after", help="Start after this entry number (seq).")] = 0,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many entries.")] = 100,
+) -> None:
+    """Print AuditEvents in chain order, one JSON document per line (stored compressed, and sealed when encrypted)."""
+    import orjson
+
+    from salus.security.audit import read_events
+    from salus.store import open_configured
+
+    store = open_configured(settings_for(data_dir), pool_size=1)
+    try:
+        for seq, event in read_events(store, after=after, limit=limit):
+            typer.echo(orjson.dumps({"seq": seq, "event": event}).decode())
+    finally:
+        store.close()
