@@ -840,3 +840,26 @@ def test_injection_never_leaks_p2(world: World, param: str, value: str, res_type
     assert_no_p2(r)
     if r.status_code == 200:
         assert entry_ids(r) <= P1_IDS
+
+
+def test_if_match_answers_only_a_caller_with_the_right(world: World) -> None:
+    """A stale If-Match is a 412 only for a caller who may write: to anyone else it would say which version is
+    current (or that the resource exists), so the policy answers first."""
+    c = world.client
+    obs_p2 = {"resourceType": "Observation", "id": "o2", "status": "final", "code": {"text": "x"},
+              "subject": {"reference": "Patient/p2"}}
+    stale = {"If-Match": 'W/"999"'}
+    # read-only patient on their own record; the p1-confined writer on p2's data
+    assert c.put("/fhir/Patient/p1", json={"resourceType": "Patient", "id": "p1"},
+                 headers={**world.patient, **stale}).status_code == 403
+    assert c.put("/fhir/Observation/o2", json=obs_p2, headers={**world.writer, **stale}).status_code == 403
+    patch = [{"op": "replace", "path": "/status", "value": "amended"}]
+    for who in (world.patient, world.writer):
+        r = c.patch("/fhir/Observation/o2", json=patch,
+                    headers={**who, **stale, "Content-Type": "application/json-patch+json"})
+        assert r.status_code == 403, r.text
+    # the same stale If-Match from a caller with the right: 412
+    assert c.put("/fhir/Observation/o2", json=obs_p2, headers={**world.clinician, **stale}).status_code == 412
+    r = c.patch("/fhir/Observation/o2", json=patch,
+                headers={**world.clinician, **stale, "Content-Type": "application/json-patch+json"})
+    assert r.status_code == 412, r.text
