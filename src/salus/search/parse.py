@@ -156,8 +156,28 @@ def _resolve_name(
     return links, types, code, modifier
 
 
+# longer values are rare and would make the memo of parsed clauses large
+MEMO_VALUE_LENGTH = 256
+
+
 def _clause(types: tuple[str, ...] | None, name: str, value: str) -> Clause | None:
-    """One filter clause, or None when the parameter is unknown or not supported yet."""
+    """One filter clause, or None when the parameter is unknown or not supported yet.
+
+    Memoised: the same parameter and value recur from search to search (a patient's
+    searches, paging), and a clause is immutable. Only the definitions in force change
+    what a clause is, and they are part of the memo's key; errors are never memoised.
+    """
+    if len(value) > MEMO_VALUE_LENGTH:
+        return _parse_clause(types, name, value)
+    return _memo_clause(types, name, value, current())
+
+
+@lru_cache(maxsize=4096)
+def _memo_clause(types: tuple[str, ...] | None, name: str, value: str, overlay: Overlay) -> Clause | None:
+    return _parse_clause(types, name, value)
+
+
+def _parse_clause(types: tuple[str, ...] | None, name: str, value: str) -> Clause | None:
     resolved = _resolve_name(types, name)
     if resolved is None:
         return None

@@ -11,7 +11,7 @@ own code (the schema), never from a request.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 DIALECTS = ("sqlite", "postgresql")
@@ -21,6 +21,21 @@ class Expr:
     """Base of every SQL expression node."""
 
     __slots__ = ()
+
+
+class Deferred(Expr):
+    """An expression built only when it is rendered.
+
+    The search compiler returns a search's filter this way: most statements are
+    answered from the statement cache (``salus.search.compile``) without ever
+    building it, and any other use renders what ``build`` gives.
+    """
+
+    __slots__ = ()
+
+    def build(self) -> Expr:
+        """The expression this stands for."""
+        raise NotImplementedError
 
 
 @dataclass(slots=True)
@@ -284,10 +299,14 @@ def successor(prefix: str) -> str:
     return p[:-1] + chr(ord(p[-1]) + 1)
 
 
-@dataclass
 class _Out:
-    parts: list[str] = field(default_factory=list)
-    params: list[Any] = field(default_factory=list)
+    """The text pieces and parameters rendered so far (a plain slotted class: one is made per render)."""
+
+    __slots__ = ("parts", "params")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.params: list[Any] = []
 
 
 class Generator:
@@ -355,7 +374,11 @@ class Generator:
         # visible share of a 60 us search
         try:
             render = self._renderers[type(e)]
-        except KeyError:  # pragma: no cover - a new node without a renderer is a programming error
+        except KeyError:
+            if isinstance(e, Deferred):
+                self._expr(e.build(), out)
+                return
+            # a new node without a renderer is a programming error
             raise TypeError(f"cannot render {type(e).__name__}") from None
         render(self, e, out)
 
@@ -375,9 +398,18 @@ class Generator:
         out.parts.append("1 = 1" if e.value else "1 = 0")
 
     def _cmp(self, e: Cmp, out: _Out) -> None:
-        self._expr(e.left, out)
-        out.parts.append(f" {e.op} ")
-        self._expr(e.right, out)
+        # column = value is most of what a search renders: its two leaves are written here, not dispatched
+        left, right = e.left, e.right
+        if type(left) is Col:
+            out.parts.append(f"{left.table}.{left.name} {e.op} " if left.table else f"{left.name} {e.op} ")
+        else:
+            self._expr(left, out)
+            out.parts.append(f" {e.op} ")
+        if type(right) is Param:
+            out.parts.append("?")
+            out.params.append(right.value)
+        else:
+            self._expr(right, out)
 
     def _list(self, items: tuple[Expr, ...], sep: str, out: _Out) -> None:
         w = out.parts.append
@@ -486,6 +518,38 @@ class PostgresGenerator(Generator):
 _GENERATORS: dict[str, Generator] = {"sqlite": Generator(), "postgresql": PostgresGenerator()}
 
 
+class _TracedOut(_Out):
+    """Also: owners of nodes by ``id()``, and the owner each parameter position was bound under."""
+
+    __slots__ = ("owners", "origins")
+
+    def __init__(self, owners: dict[int, int]) -> None:
+        super().__init__()
+        self.owners = owners
+        self.origins: dict[int, int] = {}
+
+
+class _Tracing(Generator):
+    """Renders like its dialect's generator, and notes under which owned node each parameter was bound."""
+
+    def _expr(self, e: Expr, out: _Out) -> None:
+        assert isinstance(out, _TracedOut)
+        owner = out.owners.get(id(e))
+        start = len(out.params)
+        super()._expr(e, out)
+        if owner is not None:
+            # an inner owned node has already claimed its own parameters
+            for pos in range(start, len(out.params)):
+                out.origins.setdefault(pos, owner)
+
+
+class _PostgresTracing(_Tracing, PostgresGenerator):
+    """PostgreSQL's generator, tracing."""
+
+
+_TRACERS: dict[str, Generator] = {"sqlite": _Tracing(), "postgresql": _PostgresTracing()}
+
+
 def render(node: Select | Expr, dialect: str) -> tuple[str, list[Any]]:
     """Render ``node`` for ``dialect`` ('sqlite' or 'postgresql')."""
     try:
@@ -493,3 +557,22 @@ def render(node: Select | Expr, dialect: str) -> tuple[str, list[Any]]:
     except KeyError:
         raise ValueError(f"unknown SQL dialect {dialect!r}; expected one of {DIALECTS}") from None
     return gen.render(node)
+
+
+def trace(node: Select | Expr, dialect: str, owners: dict[int, int]) -> tuple[str, list[Any], dict[int, int]]:
+    """``render``, and for each parameter position the owner of the innermost owned node it was bound under.
+
+    ``owners`` maps ``id()`` of nodes to owners. The statement cache of
+    ``salus.search.compile`` learns from it which parameters a search value
+    gave, so that a statement of the same shape is rendered once and reused.
+    """
+    try:
+        gen = _TRACERS[dialect]
+    except KeyError:
+        raise ValueError(f"unknown SQL dialect {dialect!r}; expected one of {DIALECTS}") from None
+    out = _TracedOut(owners=owners)
+    if isinstance(node, Select):
+        gen._select(node, out)
+    else:
+        gen._expr(node, out)
+    return "".join(out.parts), out.params, out.origins
