@@ -62,6 +62,27 @@ def test_writes_reads_and_searches_are_audited_and_chained(audited: tuple[TestCl
     assert result.ok and result.checked == len(codes)
 
 
+def test_a_search_records_one_event_per_patient_it_returned(audited: tuple[TestClient, Settings], store: Store) -> None:
+    client, settings = audited
+    pids = sorted(client.post("/fhir/Patient", json={"resourceType": "Patient", "gender": "other"}).json()["id"]
+                  for _ in range(3))
+    client.get("/fhir/Patient", params={"gender": "other"})
+    client.get("/fhir/Patient", params={"gender": "unknown"})  # nothing found: one event, no patient
+    client.__exit__(None, None, None)
+    searches = [e for e in events(store) if e["subtype"][0]["code"] == "search-type"]
+    assert len(searches) == 4 and len({e["id"] for e in searches}) == 4
+
+    def patients(e: dict) -> list[str]:
+        return [ent["what"]["reference"] for ent in e["entity"] if ent.get("role", {}).get("code") == "1"]
+
+    assert sorted(p for e in searches[:3] for p in patients(e)) == [f"Patient/{p}" for p in pids]
+    assert all(len(patients(e)) == 1 for e in searches[:3]) and patients(searches[3]) == []
+    for e in searches:  # the query, the request id and the agents are in every copy
+        assert base64.b64decode(next(x["query"] for x in e["entity"] if "query" in x)).decode().startswith("Patient?")
+        assert e["agent"] == searches[0]["agent"] and e["entity"][0] == searches[0]["entity"][0] or e is searches[3]
+    assert audit.verify(store, audit.load_key(settings.data_dir)).ok
+
+
 def test_a_failed_write_leaves_no_audit_entry(audited: tuple[TestClient, Settings], store: Store) -> None:
     client, _ = audited
     bad = client.post("/fhir/Observation", json={"resourceType": "Observation", "status": "nonsense"})

@@ -286,6 +286,27 @@ def audit_event(
     return event
 
 
+def per_patient(event: dict[str, Any], patients: list[str]) -> list[dict[str, Any]]:
+    """One event per patient, as BALP asks of a query: ``event`` (built for ``patients[0]``) and copies of it.
+
+    The copies differ only in ``id`` and the patient entity; building each from scratch cost
+    twice as much, and a search that returns fifty patients records fifty events.
+    """
+    out = [event]
+    slot = next((k for k, e in enumerate(event["entity"]) if e.get("role") is _PATIENT_ROLE), None)
+    for patient in patients[1:]:
+        copy = dict(event, id=str(uuid.uuid4()))
+        entities = list(event["entity"])
+        entity = {"what": {"reference": _patient_ref(patient)}, "type": _PERSON, "role": _PATIENT_ROLE}
+        if slot is None:
+            entities.append(entity)
+        else:
+            entities[slot] = entity
+        copy["entity"] = entities
+        out.append(copy)
+    return out
+
+
 # ---- the key --------------------------------------------------------------------------
 
 

@@ -83,11 +83,9 @@ class Auditor:
             path = "/".join(x for x in (*(compartment or ()), res_type) if x)
             text = f"{path}?{urlencode(query)}"
             interaction = "search-type" if res_type else "search-system"
-            return [
-                audit.audit_event(ctx, None, interaction, resource_type=res_type, patient=patient, query=text,
-                                  recorded=recorded)
-                for patient in patients or [None]
-            ]
+            first = audit.audit_event(ctx, None, interaction, resource_type=res_type,
+                                      patient=patients[0] if patients else None, query=text, recorded=recorded)
+            return audit.per_patient(first, patients)
 
         self.buffer.record(build)
 
