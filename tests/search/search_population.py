@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.search.search_db import Db
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -165,3 +168,16 @@ DELETED = {"resourceType": "Patient", "id": "p5", "gender": "male", "name": [{"f
 def last_updated(i: int) -> str:
     """Patient i (1-based) was last updated at noon on 2024-01-0i."""
     return f"2024-01-0{i}T12:00:00.000000Z"
+
+
+def loaded_db(dialect: str) -> Db:
+    """A fresh test database of ``dialect`` holding the whole population (the deleted Patient as a tombstone)."""
+    from tests.search.search_db import insert, open_db
+
+    d = open_db(dialect)
+    for i, p in enumerate(PATIENTS, 1):
+        insert(d, p, last_updated=last_updated(i))
+    insert(d, DELETED, deleted=True)
+    for r in OTHERS:
+        insert(d, r)
+    return d

@@ -13,19 +13,14 @@ import pytest
 from salus.fhir.outcome import FhirError
 from salus.search import engine, match_ids, run_search
 from salus.search.types import date as date_type
-from tests.search.search_db import Db, insert, open_db
-from tests.search.search_population import DELETED, OTHERS, PATIENTS, last_updated
+from tests.search.search_db import Db
+from tests.search.search_population import loaded_db
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def db(request: pytest.FixtureRequest) -> Iterator[Db]:
     """The population loaded once per backend."""
-    d = open_db(request.param)
-    for i, p in enumerate(PATIENTS, 1):
-        insert(d, p, last_updated=last_updated(i))
-    insert(d, DELETED, deleted=True)
-    for r in OTHERS:
-        insert(d, r)
+    d = loaded_db(request.param)
     yield d
     d.close()
 

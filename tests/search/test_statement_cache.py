@@ -25,8 +25,8 @@ from salus.search.registry import EMPTY, CustomParam, Overlay, _active
 from salus.search.sql import render
 from salus.search.tree import Include, SearchQuery, StringValue
 from salus.search.types import date as date_type
-from tests.search.search_db import Db, insert, open_db
-from tests.search.search_population import DELETED, OTHERS, PATIENTS, last_updated
+from tests.search.search_db import Db
+from tests.search.search_population import loaded_db
 from tests.search.test_differential import QUERIES, pairs
 
 DIALECTS = ("sqlite", "postgresql")
@@ -43,12 +43,7 @@ def empty_cache() -> Iterator[None]:
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def db(request: pytest.FixtureRequest) -> Iterator[Db]:
     """The hand-built population, once per backend."""
-    d = open_db(request.param)
-    for i, p in enumerate(PATIENTS, 1):
-        insert(d, p, last_updated=last_updated(i))
-    insert(d, DELETED, deleted=True)
-    for r in OTHERS:
-        insert(d, r)
+    d = loaded_db(request.param)
     yield d
     d.close()
 
@@ -62,7 +57,8 @@ def cached(q: SearchQuery, dialect: str, **kw: Any) -> tuple[str, list[Any]]:
 def compiled(q: SearchQuery, dialect: str, **kw: Any) -> tuple[str, list[Any]]:
     """The same statement built and rendered without the cache."""
     compartment = kw.pop("compartment", None)
-    tree = c._page_tree(q, c._where_tree(q, compartment), kw.pop("limit", 51), kw.pop("offset", 0), **kw)
+    tree = c._page_tree(q, c._where_tree(q, compartment), kw.pop("limit", 51), kw.pop("offset", 0),
+                        kw.pop("after", None), kw.pop("with_total", False))
     return render(tree, dialect)
 
 

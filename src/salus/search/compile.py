@@ -420,19 +420,11 @@ def page_select(
     """
     if isinstance(filt, Where) and filt.query is q:
         return PageStatement(filt, limit, offset, after, with_total)
-    return _page_tree(q, _built(filt), limit, offset, after, with_total=with_total)
+    return _page_tree(q, _built(filt), limit, offset, after, with_total)
 
 
-def _page_tree(
-    q: SearchQuery,
-    filt: Expr,
-    limit: int | None,
-    offset: int,
-    after: tuple[Any, ...] | None = None,
-    *,
-    with_total: bool = False,
-) -> Select:
-    """``page_select``, built."""
+def _page_tree(q: SearchQuery, filt: Expr, limit: Any, offset: Any, after: Any, with_total: bool) -> Select:
+    """``page_select``, built (``limit``, ``offset`` and ``after`` may be marked literals)."""
     orders = order_by(q)
     if after is not None:
         filt = and_(filt, keyset_after(orders, after))
@@ -830,7 +822,7 @@ class PageStatement(Statement):
             None if v is None else _lit(v, _AFTER + k) for k, v in enumerate(self.after)
         )
         limit = None if self.limit is None else _lit(self.limit, _LIMIT)
-        return _page_tree(q, _filter(self.where), limit, _lit(self.offset, _OFFSET), after, with_total=self.with_total)
+        return _page_tree(q, _filter(self.where), limit, _lit(self.offset, _OFFSET), after, self.with_total)
 
 
 class CountStatement(Statement):

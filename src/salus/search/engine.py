@@ -23,6 +23,7 @@ from salus.search.parse import parse_query
 from salus.search.registry import pending_issue
 from salus.search.tree import SearchQuery
 from salus.search.valuesets import resolve_modifiers
+from salus.store.base import opened
 from salus.store.crypto import Crypto
 
 DEFAULT_COUNT = 50
@@ -123,10 +124,9 @@ def _parsed(db: Queryable, resource_type: str | None, query: list[tuple[str, str
 
 def _entries(db: Queryable, rows: list[tuple[Any, ...]]) -> list[Entry]:
     """``(type, id, body)`` of result rows ``(rid, type, id, version, body, ...)``, bodies opened if sealed."""
-    crypto = db.crypto
-    if crypto is None:
+    if db.crypto is None:
         return [(r[1], r[2], r[4]) for r in rows]
-    return [(r[1], r[2], crypto.open(r[1], r[2], r[3], r[4]) or "") for r in rows]
+    return [(r[1], r[2], opened(db, r[1], r[2], r[3], r[4]) or "") for r in rows]
 
 
 def _reject_unknown(q: SearchQuery) -> None:

@@ -414,13 +414,8 @@ def append_many(tx: Transaction, events: Iterable[dict[str, Any]], key: bytes) -
 
 def read_event(q: Queryable, seq: int) -> dict[str, Any] | None:
     """The AuditEvent at ``seq`` as recorded (opened, when encryption at rest sealed it)."""
-    rows = q.query("SELECT event_id, body FROM audit_log WHERE seq = ?", (seq,))
-    if not rows:
-        return None
-    event_id, body = rows[0]
-    if q.crypto is not None:
-        body = q.crypto.open("AuditEvent", event_id, seq, body) or "{}"
-    return orjson.loads(audit_codec.unpack(body))  # type: ignore[no-any-return]
+    found = read_events(q, after=seq - 1, limit=1)
+    return found[0][1] if found and found[0][0] == seq else None
 
 
 def read_events(q: Queryable, after: int = 0, limit: int | None = None) -> list[tuple[int, dict[str, Any]]]:

@@ -274,9 +274,22 @@ def _scopes(claims: dict[str, Any]) -> frozenset[str]:
     return frozenset()
 
 
-# tokens whose signature has been checked: verifying an RS256 signature and parsing the JWT took most
-# of a request's time (~80 us); expiry, audience and revocation are still checked on every request
-_VERIFIED: OrderedDict[tuple[str, str, str | None, str | None], tuple[dict[str, Any], bool]] = OrderedDict()
+class _Verified:
+    """A token whose signature has been checked: its claims, whether its issuer is external, and the
+    Principal it stands for once a request has accepted it (built once: the same object on every
+    request lets what is derived from it, the policy's Access and the audit agents, be remembered)."""
+
+    __slots__ = ("claims", "external", "principal")
+
+    def __init__(self, claims: dict[str, Any], external: bool) -> None:
+        self.claims = claims
+        self.external = external
+        self.principal: Principal | None = None
+
+
+# verifying an RS256 signature and parsing the JWT took most of a request's time (~80 us); expiry,
+# audience and revocation are still checked on every request
+_VERIFIED: OrderedDict[tuple[str, str, str | None, str | None], _Verified] = OrderedDict()
 _VERIFIED_LOCK = threading.Lock()
 _VERIFIED_MAX = 10_000
 
@@ -366,12 +379,12 @@ def verify_access_token(
     if cached is None:
         if offline:
             raise NeedsDatabase  # the issuer's keys are read from the database
-        cached = _signed_claims(token, store, settings, base)
+        cached = _Verified(*_signed_claims(token, store, settings, base))
         with _VERIFIED_LOCK:
             _VERIFIED[key] = cached
             while len(_VERIFIED) > _VERIFIED_MAX:
                 _VERIFIED.popitem(last=False)
-    claims, external = cached
+    claims, external = cached.claims, cached.external
     at = time.time() if now is None else now
     exp = claims.get("exp")
     if not isinstance(exp, int | float) or isinstance(exp, bool):
@@ -391,19 +404,9 @@ def verify_access_token(
         if not isinstance(jti, str):
             raise _unauthorized("the access token has no id")
         _check_not_revoked(store, jti, at, offline)
-    principal = _PRINCIPALS.get(key)
-    if principal is None:
-        principal = _principal_of(claims)
-        with _VERIFIED_LOCK:
-            if len(_PRINCIPALS) >= _VERIFIED_MAX:
-                _PRINCIPALS.clear()
-            _PRINCIPALS[key] = principal
-    return principal
-
-
-# the Principal each verified token stands for, built once: the same object on every request also lets
-# what is derived from it (the policy's Access, the audit agents) be remembered per caller
-_PRINCIPALS: dict[tuple[str, str, str | None, str | None], Principal] = {}
+    if cached.principal is None:
+        cached.principal = _principal_of(claims)
+    return cached.principal
 
 
 def _principal_of(claims: dict[str, Any]) -> Principal:

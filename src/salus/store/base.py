@@ -62,9 +62,11 @@ class NewResource:
 VERSION_COLUMNS = "v.res_type, v.res_id, v.version, v.last_updated, v.method, v.body, v.seq"
 
 
-def version_from_row(row: Sequence[Any]) -> StoredVersion:
-    """A ``StoredVersion`` from a row selected with ``VERSION_COLUMNS``."""
-    return StoredVersion(row[0], row[1], int(row[2]), row[3], row[4], row[5], int(row[6]))
+def version_from_row(row: Sequence[Any], crypto: Crypto | None = None) -> StoredVersion:
+    """A ``StoredVersion`` from a row selected with ``VERSION_COLUMNS`` (its body opened when ``crypto`` seals them)."""
+    version = int(row[2])
+    body = row[5] if crypto is None else crypto.open(row[0], row[1], version, row[5])
+    return StoredVersion(row[0], row[1], version, row[3], row[4], body, int(row[6]))
 
 
 class Queryable(Protocol):

@@ -22,13 +22,6 @@ class CursorOps:
     dialect: str
     crypto: Crypto | None = None
 
-    def _version(self, row: Sequence[Any]) -> StoredVersion:
-        v = version_from_row(row)
-        if self.crypto is None:
-            return v
-        return StoredVersion(v.res_type, v.res_id, v.version, v.last_updated, v.method,
-                             self.crypto.open(v.res_type, v.res_id, v.version, v.body), v.seq)
-
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         raise NotImplementedError
 
@@ -141,12 +134,12 @@ class CursorOps:
     def read(self, res_type: str, res_id: str) -> StoredVersion | None:
         """The current version of a resource (tombstone if deleted), or None."""
         row = self._execute(base.SQL_READ, (res_type, res_id)).fetchone()
-        return self._version(row) if row else None
+        return version_from_row(row, self.crypto) if row else None
 
     def vread(self, res_type: str, res_id: str, version: int) -> StoredVersion | None:
         """One version of a resource, or None."""
         row = self._execute(base.SQL_VREAD, (res_type, res_id, version)).fetchone()
-        return self._version(row) if row else None
+        return version_from_row(row, self.crypto) if row else None
 
     def history(
         self, res_type: str | None, res_id: str | None, *, since: str | None, at: str | None,
@@ -154,7 +147,7 @@ class CursorOps:
     ) -> list[StoredVersion]:
         """Versions newest first at instance, type or system level."""
         sql, params = base.history_sql(res_type, res_id, since, at, before_seq)
-        return [self._version(r) for r in self._execute(sql, [*params, limit]).fetchall()]
+        return [version_from_row(r, self.crypto) for r in self._execute(sql, [*params, limit]).fetchall()]
 
     def history_count(self, res_type: str | None, res_id: str | None, *, since: str | None) -> int:
         """How many versions a history query covers."""
@@ -176,5 +169,5 @@ class CursorOps:
             if not rows:
                 return
             for row in rows:
-                yield self._version(row)
+                yield version_from_row(row, self.crypto)
             last = int(rows[-1][7])

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import hmac
 import os
@@ -259,8 +260,6 @@ def _add_key(db: Queryable, master: bytes, kid: int, purpose: str) -> KeyRow:
 
 
 def _now() -> str:
-    import datetime as dt
-
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
