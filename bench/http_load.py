@@ -71,9 +71,9 @@ def lua_create(folder: Path) -> Path:
     return script
 
 
-def wrk(url: str, script: Path | None, clients: int) -> tuple[float, str, str, int]:
+def wrk(url: str, script: Path | None, clients: int, duration: str = DURATION) -> tuple[float, str, str, int]:
     """(req/s, p50, p99, non-2xx count) of one wrk run."""
-    cmd = ["wrk", "-t", str(min(clients, 2)), "-c", str(clients), "-d", DURATION, "--latency"]
+    cmd = ["wrk", "-t", str(min(clients, 2)), "-c", str(clients), "-d", duration, "--latency"]
     if script:
         cmd += ["-s", str(script)]
     out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=300).stdout

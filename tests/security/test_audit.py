@@ -21,6 +21,7 @@ from salus.security.audit import (
     append,
     append_many,
     audit_event,
+    audit_record,
     load_or_create_key,
     verify,
 )
@@ -48,7 +49,7 @@ def chain(store: Store) -> Iterator[Store]:
 def _fill(store: Store, n: int) -> None:
     with store.transaction() as tx:
         for i in range(n):
-            append(tx, audit_event(CLINICIAN, None, "read", resource_type="Observation", resource_id=f"o{i}",
+            append(tx, audit_record(CLINICIAN, None, "read", resource_type="Observation", resource_id=f"o{i}",
                                    patient="p1"), KEY)
 
 
@@ -145,9 +146,55 @@ def test_appended_events_verify_in_batches(chain: Store) -> None:
     rows = audit.read_events(chain)
     assert [r[0] for r in rows] == list(range(1, 11))
     assert validate(rows[0][1]) == []
-    # stored deflated against the preset dictionary: a 2 kB event in a few hundred bytes
+    # stored as its facts, rendered when read: a 2 kB event in a few hundred bytes
     stored = chain.query("SELECT body FROM audit_log WHERE seq = 1")[0][0]
-    assert stored.startswith("z1:") and len(stored) < len(orjson.dumps(rows[0][1])) / 3
+    assert stored.startswith("c1:") and len(stored) < len(orjson.dumps(rows[0][1])) / 3
+    assert rows[0][1]["entity"][1]["what"]["reference"] == "Observation/o0"
+
+
+def test_a_stored_record_renders_the_event_it_was_made_as(chain: Store) -> None:
+    made = [
+        audit_record(CLINICIAN, None, "search-type", resource_type="Observation", patient="p1",
+                     query="Observation?code=http://loinc.org|1234-5&_count=2"),
+        audit_record(RequestContext(source="host.example"), None, "login", outcome=4, username="mallory",
+                     description="wrong password"),
+        audit_record(CLINICIAN, "D", "delete", resource_type="Patient", erased="Patient/p7", description="erased"),
+        audit_record(RequestContext(Principal("ops", role="admin", break_glass=True)), None, "read",
+                     resource_type="Patient", resource_id="p2", version=4),
+    ]
+    with chain.transaction() as tx:
+        append_many(tx, made, KEY)
+    read = [event for _, event in audit.read_events(chain)]
+    assert read == [orjson.loads(orjson.dumps(audit.render(r))) for r in made]
+    for event in read:
+        assert validate(event, "AuditEvent") == []
+    assert read[2]["entity"][-1]["what"]["identifier"] == {"system": audit.ERASED_SYSTEM, "value": "Patient/p7"}
+    assert read[3]["agent"][0]["purposeOfUse"][0]["coding"][0]["code"] == "BTG"
+
+
+def test_instants_round_trip_to_the_microsecond() -> None:
+    for at in (0, 1_765_000_000_000_001, 1_765_000_000_999_999, audit.now_micros()):
+        assert audit.parse_instant(audit.instant(at)) == at
+    assert audit.instant(1_765_000_000_000_042) == "2025-12-06T05:46:40.000042Z"
+
+
+def test_rows_of_earlier_formats_still_read_and_verify(chain: Store) -> None:
+    """Before records, rows held the AuditEvent JSON, plain and then deflated: both stay readable and in the chain."""
+    old = [audit_event(CLINICIAN, None, "read", resource_type="Patient", resource_id=f"p{i}") for i in range(2)]
+    bodies = [orjson.dumps(old[0]).decode(), audit_codec.pack(orjson.dumps(old[1]))]
+    prev = audit.GENESIS
+    with chain.transaction() as tx:
+        for seq, (event, body) in enumerate(zip(old, bodies, strict=True), start=1):
+            digest = audit.entry_hash(KEY, seq, event["recorded"], event["id"], body, prev)
+            tx.query("INSERT INTO audit_log (seq, event_id, recorded, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)",
+                     (seq, event["id"], event["recorded"], body, prev, digest))
+            prev = digest
+        tx.query("INSERT INTO salus_meta (key, value) VALUES (?, ?)", (audit.HEAD_KEY, f"2:{prev}"))
+    _fill(chain, 1)
+    assert verify(chain, KEY).checked == 3
+    read = [event for _, event in audit.read_events(chain)]
+    assert read[:2] == [orjson.loads(orjson.dumps(e)) for e in old]
+    assert read[2]["entity"][1]["what"]["reference"] == "Observation/o0"
 
 
 def test_empty_chain_is_intact(chain: Store) -> None:
@@ -233,7 +280,7 @@ def test_forged_entries_are_detected(chain: Store) -> None:
 def test_rolled_back_append_leaves_no_entry(chain: Store) -> None:
     _fill(chain, 2)
     with pytest.raises(RuntimeError), chain.transaction() as tx:
-        append(tx, audit_event(CLINICIAN, None, "create", resource_type="Patient", resource_id="p2"), KEY)
+        append(tx, audit_record(CLINICIAN, None, "create", resource_type="Patient", resource_id="p2"), KEY)
         raise RuntimeError("the write failed")
     assert chain.query("SELECT COUNT(*) FROM audit_log")[0][0] == 2
     result = verify(chain, KEY)
@@ -244,7 +291,7 @@ def test_rolled_back_append_leaves_no_entry(chain: Store) -> None:
 
 def test_append_many_chunks_and_links(chain: Store) -> None:
     with chain.transaction() as tx:
-        ids = append_many(tx, [audit_event(CLINICIAN, None, "search-type", resource_type="Observation",
+        ids = append_many(tx, [audit_record(CLINICIAN, None, "search-type", resource_type="Observation",
                                            query=f"Observation?code={i}") for i in range(250)], KEY)
     assert len(set(ids)) == 250
     assert verify(chain, KEY, batch=64).checked == 250
@@ -253,16 +300,16 @@ def test_append_many_chunks_and_links(chain: Store) -> None:
 def test_buffered_writer_flushes_on_close_and_on_its_own(chain: Store) -> None:
     writer = BufferedAuditWriter(chain, KEY, interval=60, max_batch=500)
     for i in range(120):
-        writer.record(audit_event(CLINICIAN, None, "read", resource_type="Observation", resource_id=f"o{i}"))
+        writer.record(audit_record(CLINICIAN, None, "read", resource_type="Observation", resource_id=f"o{i}"))
     assert chain.query("SELECT COUNT(*) FROM audit_log")[0][0] == 0
     writer.close()
     assert chain.query("SELECT COUNT(*) FROM audit_log")[0][0] == 120
     with pytest.raises(RuntimeError):
-        writer.record(audit_event(CLINICIAN, None, "read"))
+        writer.record(audit_record(CLINICIAN, None, "read"))
     # a full batch does not wait for the interval
     with BufferedAuditWriter(chain, KEY, interval=60, max_batch=50) as writer:
         for i in range(50):
-            writer.record(audit_event(CLINICIAN, None, "read", resource_type="Observation", resource_id=f"x{i}"))
+            writer.record(audit_record(CLINICIAN, None, "read", resource_type="Observation", resource_id=f"x{i}"))
         for _ in range(200):
             if writer.pending == 0 and chain.query("SELECT COUNT(*) FROM audit_log")[0][0] == 170:
                 break
@@ -280,7 +327,7 @@ def test_concurrent_appends_stay_one_gap_free_chain(chain: Store, backend: str) 
         try:
             for i in range(50):
                 with chain.transaction() as tx:
-                    append(tx, audit_event(CLINICIAN, None, "update", resource_type="Patient",
+                    append(tx, audit_record(CLINICIAN, None, "update", resource_type="Patient",
                                            resource_id=f"t{n}-{i}"), KEY)
         except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
             errors.append(exc)
@@ -303,7 +350,7 @@ def test_cli_verify_exit_codes(chain: Store, backend: str, tmp_path: Path, monke
     data = tmp_path / "data"
     key = load_or_create_key(data)
     with chain.transaction() as tx:
-        append_many(tx, [audit_event(CLINICIAN, None, "read", resource_type="Patient", resource_id=str(i))
+        append_many(tx, [audit_record(CLINICIAN, None, "read", resource_type="Patient", resource_id=str(i))
                          for i in range(1234)], key)
     monkeypatch.setenv("SALUS_DATABASE_URL", backend)
     app = typer.Typer()
@@ -332,7 +379,7 @@ def test_cli_verify_reads_the_sqlite_database_of_the_data_dir(tmp_path: Path, mo
     key = load_or_create_key(tmp_path)
     store = open_store(f"sqlite:///{tmp_path / 'salus.db'}")
     with store.transaction() as tx:
-        append(tx, audit_event(CLINICIAN, None, "login"), key)
+        append(tx, audit_record(CLINICIAN, None, "login"), key)
     store.close()
     app = typer.Typer()
     app.add_typer(audit_app, name="audit")

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from salus.api.formats import outcome_response
 from salus.config import Settings
 from salus.fhir.outcome import FhirError
-from salus.security.principal import ANONYMOUS, Principal, RequestContext, acting_as
+from salus.security.principal import ANONYMOUS, Principal, RequestContext, bind, unbind
 from salus.security.tokens import NeedsDatabase, bearer_token, fhir_base_url, verify_access_token
 from salus.store import Store
 
@@ -29,6 +29,7 @@ log = logging.getLogger("salus.security")
 # nobody: what an unauthenticated caller of a public endpoint acts as when security is on
 NOBODY = Principal(subject="anonymous", kind="anonymous")
 BREAK_GLASS_HEADER = "x-salus-break-glass"
+_READ = {name.encode(): name for name in ("authorization", "host", "user-agent", BREAK_GLASS_HEADER)}
 
 
 class SecurityMiddleware:
@@ -59,9 +60,13 @@ class SecurityMiddleware:
             # without a context reads (salus.security.principal.current), so nothing needs doing
             await self.app(scope, receive, send)
             return
-        # the raw ASGI headers (names lower-cased: not every client does; the first of repeated ones):
-        # a starlette Request, its Headers and URL objects cost more than the token check they serve
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in reversed(scope["headers"])}
+        # the raw ASGI headers this reads (names lower-cased: not every client does; the first of repeated
+        # ones): a starlette Request, its Headers and URL objects cost more than the token check they serve
+        headers: dict[str, str] = {}
+        for k, v in scope["headers"]:
+            name = _READ.get(k) or _READ.get(k.lower())
+            if name is not None and name not in headers:
+                headers[name] = v.decode("latin-1")
         try:
             principal = await self._principal(scope, headers)
         except FhirError as err:
@@ -81,7 +86,8 @@ class SecurityMiddleware:
             user_agent=headers.get("user-agent"),
             purpose="BTG" if principal.break_glass else None,
         )
-        with acting_as(ctx):
+        bound = bind(ctx)
+        try:
             if principal.break_glass:
                 # an emergency access is never quiet: an alert in the log and an entry in the audit trail
                 log.warning("BREAK-THE-GLASS by %s (%s): %s %s; reason: %s", principal.subject, principal.role,
@@ -89,6 +95,8 @@ class SecurityMiddleware:
                 if self.on_break_glass is not None:
                     self.on_break_glass(headers.get(BREAK_GLASS_HEADER, "")[:500])
             await self.app(scope, receive, send)
+        finally:
+            unbind(bound)
 
     def _base_url(self, scope: Scope, headers: dict[str, str]) -> str:
         """The FHIR base URL the request came to (the tokens' audience), remembered per host."""

@@ -135,6 +135,10 @@ def _own_patient(principal: Principal) -> str | None:
     return principal.patient
 
 
+# Access.reach: how much of a type an interaction reaches
+NOTHING, SOME, ALL = 0, 1, 2
+
+
 @dataclass(frozen=True)
 class Access:
     """What one request's principal may do, computed once from its role and scopes."""
@@ -148,6 +152,7 @@ class Access:
     break_glass: bool
     # _levels answers by (interaction, type): the same few questions are asked several times a request
     _memo: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
+    _reach: dict[tuple[str, str], int] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, principal: Principal) -> Access:
@@ -242,6 +247,24 @@ class Access:
                 return None
             out.extend(q for q in found if q not in out)
         return out
+
+    def reach(self, interaction: str, res_type: str) -> int:
+        """``NOTHING``, ``SOME`` (confined to a compartment or by granular scopes: the content decides) or ``ALL``.
+
+        Remembered: a read asks it of every request, and the three questions it stands for
+        (allowed, compartment, filters) cost more than the rest of the policy check.
+        """
+        key = (interaction, res_type)
+        found = self._reach.get(key)
+        if found is None:
+            if not self.allowed(interaction, res_type):
+                found = NOTHING
+            elif self.compartment(interaction, res_type) is None and self.filters(interaction, res_type) is None:
+                found = ALL
+            else:
+                found = SOME
+            self._reach[key] = found
+        return found
 
     def overrides_consent(self, interaction: str, res_type: str) -> bool:
         """Whether break-the-glass lifts consent restrictions for this interaction (reads and searches only)."""

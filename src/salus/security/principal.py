@@ -6,10 +6,10 @@ once; everything below decides from it and never looks at tokens or headers.
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 
 # people's roles and the non-person kinds (issue 5: roles for people, devices and integrations)
@@ -51,7 +51,7 @@ class RequestContext:
     source: str | None = None  # client address
     user_agent: str | None = None
     purpose: str | None = None  # purpose of use (e.g. ETREAT, BTG for break-the-glass)
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    request_id: str = field(default_factory=lambda: os.urandom(16).hex())  # random, as uuid4().hex, at a third of its cost
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("salus_request_context", default=None)
@@ -66,6 +66,16 @@ def current() -> RequestContext:
     copy the context) sees the same caller without threading it through every call.
     """
     return _current.get() or _NO_DOOR
+
+
+def bind(ctx: RequestContext) -> Token[RequestContext | None]:
+    """Make ``ctx`` the current context until ``unbind`` (``acting_as`` without a generator, for the door's hot path)."""
+    return _current.set(ctx)
+
+
+def unbind(token: Token[RequestContext | None]) -> None:
+    """Restore the context ``bind`` replaced."""
+    _current.reset(token)
 
 
 @contextmanager

@@ -279,17 +279,21 @@ class _Verified:
     Principal it stands for once a request has accepted it (built once: the same object on every
     request lets what is derived from it, the policy's Access and the audit agents, be remembered)."""
 
-    __slots__ = ("claims", "external", "principal")
+    __slots__ = ("claims", "external", "principal", "expires", "not_before")
 
     def __init__(self, claims: dict[str, Any], external: bool) -> None:
         self.claims = claims
         self.external = external
         self.principal: Principal | None = None
+        # once accepted, only the clock and revocation can change the answer: these are all a request checks
+        self.expires = 0.0
+        self.not_before = 0.0
 
 
-# verifying an RS256 signature and parsing the JWT took most of a request's time (~80 us); expiry,
-# audience and revocation are still checked on every request
-_VERIFIED: OrderedDict[tuple[str, str, str | None, str | None], _Verified] = OrderedDict()
+# verifying an RS256 signature and parsing the JWT took most of a request's time (~80 us); expiry
+# and revocation are still checked on every request. Read without the lock (a dict lookup is atomic);
+# when full, the oldest entries go first.
+_VERIFIED: dict[tuple[str, str, str | None, str | None], _Verified] = {}
 _VERIFIED_LOCK = threading.Lock()
 _VERIFIED_MAX = 10_000
 
@@ -330,8 +334,7 @@ _LIVE: OrderedDict[str, float] = OrderedDict()
 
 
 def _check_not_revoked(store: Queryable, jti: str, at: float, offline: bool) -> None:
-    with _VERIFIED_LOCK:
-        seen = _LIVE.get(jti)
+    seen = _LIVE.get(jti)  # an atomic lookup: the lock guards the changes
     if seen is not None and at - seen < REVOCATION_RECHECK:
         return
     if offline:
@@ -372,10 +375,17 @@ def verify_access_token(
     if not base:
         raise ValueError("the FHIR base URL is unknown: set public_base_url or pass base_url")
     key = (token, base, settings.auth_issuer, settings.external_oidc_issuer)
-    with _VERIFIED_LOCK:
-        cached = _VERIFIED.get(key)
-        if cached is not None:
-            _VERIFIED.move_to_end(key)
+    at = time.time() if now is None else now
+    cached = _VERIFIED.get(key)
+    if cached is not None and cached.principal is not None:
+        # accepted before, by the same base URL and issuers: its claims are as they were
+        if cached.expires <= at:
+            raise _unauthorized("the access token has expired")
+        if at < cached.not_before:
+            raise _unauthorized("the access token is not valid yet")
+        if not cached.external:
+            _check_not_revoked(store, cached.claims["jti"], at, offline)
+        return cached.principal
     if cached is None:
         if offline:
             raise NeedsDatabase  # the issuer's keys are read from the database
@@ -383,9 +393,8 @@ def verify_access_token(
         with _VERIFIED_LOCK:
             _VERIFIED[key] = cached
             while len(_VERIFIED) > _VERIFIED_MAX:
-                _VERIFIED.popitem(last=False)
+                del _VERIFIED[next(iter(_VERIFIED))]
     claims, external = cached.claims, cached.external
-    at = time.time() if now is None else now
     exp = claims.get("exp")
     if not isinstance(exp, int | float) or isinstance(exp, bool):
         raise _unauthorized("the access token has no expiry")
@@ -404,9 +413,12 @@ def verify_access_token(
         if not isinstance(jti, str):
             raise _unauthorized("the access token has no id")
         _check_not_revoked(store, jti, at, offline)
-    if cached.principal is None:
-        cached.principal = _principal_of(claims)
-    return cached.principal
+    principal = _principal_of(claims)
+    cached.expires = float(exp)
+    cached.not_before = max((float(claims[n]) - CLOCK_SKEW for n in ("nbf", "iat") if claims.get(n) is not None),
+                            default=float("-inf"))
+    cached.principal = principal  # last: a request that sees it also sees the bounds above
+    return principal
 
 
 def _principal_of(claims: dict[str, Any]) -> Principal:

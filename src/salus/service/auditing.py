@@ -10,7 +10,6 @@ The actor is the request's context (``salus.security.principal.current``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 from urllib.parse import urlencode
 
 from salus.config import Settings
@@ -47,44 +46,41 @@ class Auditor:
     def writes(self, tx: Transaction, changes: Sequence[ResourceChanged]) -> None:
         """One AuditEvent per version written, appended in the writing transaction."""
         ctx = current()
-        events = [
-            audit.audit_event(
+        records = [
+            audit.audit_record(
                 ctx, None, _INTERACTION.get(c.method, "update"), resource_type=c.res_type, resource_id=c.res_id,
                 version=c.version, patient=patient_of(c.res_type, c.res_id, c.body),
             )
             for c in changes
         ]
-        if events:
-            audit.append_many(tx, events, self.key)
+        if records:
+            audit.append_many(tx, records, self.key)
 
     def read(self, interaction: str, v: StoredVersion) -> None:
-        """A read or vread of one version (built at flush time, with the context and time of now)."""
-        ctx, recorded = current(), audit.now_instant()
-
-        def build() -> dict[str, Any]:
-            return audit.audit_event(
-                ctx, None, interaction, resource_type=v.res_type, resource_id=v.res_id, version=v.version,
-                patient=patient_of(v.res_type, v.res_id, v.body), recorded=recorded,
-            )
-
-        self.buffer.record(build)
+        """A read or vread of one version (its patient, read off the body, is found at flush time)."""
+        record = audit.audit_record(current(), None, interaction, resource_type=v.res_type, resource_id=v.res_id,
+                                    version=v.version)
+        if record.patient is not None or v.body is None:
+            self.buffer.record(record)
+        else:
+            self.buffer.record(lambda: record._replace(patient=patient_of(v.res_type, v.res_id, v.body)))
 
     def search(
         self, res_type: str | None, query: list[tuple[str, str]], compartment: tuple[str, str] | None,
         result: SearchResult,
     ) -> None:
         """A search: its query, and the patients whose data it returned (BALP: one event per patient)."""
-        ctx, recorded, entries = current(), audit.now_instant(), list(result.entries)
+        ctx, at, entries = current(), audit.now_micros(), list(result.entries)
 
-        def build() -> list[dict[str, Any]]:
+        def build() -> list[audit.AuditRecord]:
             patients = sorted({p for t, i, body in entries if (p := patient_of(t, i, body))})
             if compartment and compartment[0] == "Patient":
                 patients = sorted({*patients, compartment[1]})
             path = "/".join(x for x in (*(compartment or ()), res_type) if x)
             text = f"{path}?{urlencode(query)}"
             interaction = "search-type" if res_type else "search-system"
-            first = audit.audit_event(ctx, None, interaction, resource_type=res_type,
-                                      patient=patients[0] if patients else None, query=text, recorded=recorded)
+            first = audit.audit_record(ctx, None, interaction, resource_type=res_type,
+                                       patient=patients[0] if patients else None, query=text, at=at)
             return audit.per_patient(first, patients)
 
         self.buffer.record(build)
@@ -92,34 +88,34 @@ class Auditor:
     def history(self, res_type: str | None, res_id: str | None) -> None:
         """A history interaction at instance, type or system level."""
         interaction = "history-instance" if res_id else "history-type" if res_type else "history-system"
-        self.buffer.record(audit.audit_event(
+        self.buffer.record(audit.audit_record(
             current(), None, interaction, resource_type=res_type, resource_id=res_id,
             patient=res_id if res_type == "Patient" else None,
         ))
 
     def login(self, username: str, succeeded: bool) -> None:
         """A login at the authorization server, successful or not (BALP: user authentication)."""
-        self.buffer.record(audit.audit_event(
+        self.buffer.record(audit.audit_record(
             current(), None, "login", outcome=0 if succeeded else 4, username=username,
             description=None if succeeded else "Unknown username or wrong password",
         ))
 
     def break_glass_declared(self, reason: str) -> None:
         """A request made under break-the-glass, with the reason its caller gave."""
-        self.buffer.record(audit.audit_event(
+        self.buffer.record(audit.audit_record(
             current(), None, "operation", description=f"break-the-glass declared: {reason}",
         ))
 
     def break_glass(self, res_type: str, res_id: str, patient: str) -> None:
         """A read that a patient's consent denied, allowed by break-the-glass: always on the record."""
-        self.buffer.record(audit.audit_event(
+        self.buffer.record(audit.audit_record(
             current(), None, "read", resource_type=res_type, resource_id=res_id, patient=patient,
             description="break-the-glass: read against the patient's consent",
         ))
 
     def denied(self, interaction: str, res_type: str | None, res_id: str | None, reason: str) -> None:
         """An access the policy refused (outcome 4, minor failure, with the reason)."""
-        self.buffer.record(audit.audit_event(
+        self.buffer.record(audit.audit_record(
             current(), None, interaction, outcome=4, resource_type=res_type, resource_id=res_id,
             description=reason,
         ))

@@ -41,9 +41,9 @@ class ConsentIndex:
     def any(self) -> bool:
         """Whether any Consent exists (if none, nothing needs checking)."""
         now = time.monotonic()
-        with self._lock:
-            if self._any is not None and now - self._any[0] < TTL:
-                return self._any[1]
+        known = self._any  # one read of one attribute: no lock needed to see a whole tuple
+        if known is not None and now - known[0] < TTL:
+            return known[1]
         found = bool(self.store.query(
             "SELECT 1 FROM resources WHERE res_type = 'Consent' AND NOT deleted LIMIT 1"))
         with self._lock:

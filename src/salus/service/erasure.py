@@ -221,14 +221,9 @@ def _record(service: FhirService, tx: Transaction, report: ErasureReport) -> Non
     """
     if service.audit is None:
         return  # the audit trail is off: the erasure still happens
-    event = audit.audit_event(current(), "D", "delete", resource_type="Patient", description=report.description())
-    event["entity"].append({
-        "what": {"identifier": {"system": "urn:salus:erased", "value": f"Patient/{report.patient_id}"},
-                 "display": f"Patient/{report.patient_id} (erased)"},
-        "type": {"system": audit.ENTITY_TYPE, "code": "1", "display": "Person"},
-        "role": {"system": audit.OBJECT_ROLE, "code": "1", "display": "Patient"},
-    })
-    audit.append(tx, event, service.audit.key)
+    record = audit.audit_record(current(), "D", "delete", resource_type="Patient", description=report.description(),
+                                erased=f"Patient/{report.patient_id}")
+    audit.append(tx, record, service.audit.key)
 
 
 def _chunks(items: Sequence[Any]) -> list[list[Any]]:

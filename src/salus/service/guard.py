@@ -28,7 +28,7 @@ from salus.fhir.definitions import resource_types
 from salus.fhir.outcome import FhirError
 from salus.search.tree import SearchQuery
 from salus.security.consent import exempt
-from salus.security.policy import Access, in_patient_compartment, matches_granular
+from salus.security.policy import ALL, NOTHING, Access, in_patient_compartment, matches_granular
 from salus.security.principal import Principal, current
 from salus.service.auditing import Auditor, patient_of
 from salus.service.consents import ConsentIndex
@@ -67,7 +67,7 @@ class Guard:
     def require(self, interaction: str, res_type: str, res_id: str | None = None) -> Access | None:
         """The caller's access, after checking the interaction on the type; 403 if not allowed."""
         acc = access()
-        if acc is not None and not acc.allowed(interaction, res_type):
+        if acc is not None and acc.reach(interaction, res_type) == NOTHING:
             raise self.deny(interaction, res_type, res_id,
                             f"Access denied: {_INTERACTION_NAMES[interaction]} of {res_type} is not granted")
         return acc
@@ -108,11 +108,8 @@ class Guard:
     @staticmethod
     def confined(acc: Access | None, interaction: str, res_type: str) -> bool:
         """Whether allowing the interaction depends on the resource's content (compartment, granular scopes)."""
-        if acc is None:
-            return False
-        if not acc.allowed(interaction, res_type):
-            return True  # refused whatever it holds: ``permits`` says no
-        return acc.compartment(interaction, res_type) is not None or acc.filters(interaction, res_type) is not None
+        # refused whatever it holds (``permits`` says no), or allowed depending on what it holds
+        return acc is not None and acc.reach(interaction, res_type) != ALL
 
     def check_body(self, interaction: str, res_type: str, res_id: str, body: str | None) -> None:
         """403 unless the caller may ``interaction`` this stored version (policy, then the patient's consent)."""

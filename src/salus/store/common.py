@@ -80,7 +80,7 @@ class CursorOps:
     def _allocate_rids(self, n: int) -> list[int]:
         raise NotImplementedError
 
-    def _bulk(self, table: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
+    def insert_rows(self, table: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
         """Insert many rows into one table (executemany here; COPY on PostgreSQL)."""
         sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         self._executemany(sql, rows)
@@ -94,9 +94,9 @@ class CursorOps:
             items = [NewResource(it.res_type, it.res_id, it.last_updated, it.method, seal(it.res_type, it.res_id, 1, it.body),
                                  blind(it.res_type, it.index)) for it in items]
         rids = self._allocate_rids(len(items))
-        self._bulk("resources", ["rid", "res_type", "res_id", "version", "last_updated", "deleted"],
+        self.insert_rows("resources", ["rid", "res_type", "res_id", "version", "last_updated", "deleted"],
                    [(rid, it.res_type, it.res_id, 1, it.last_updated, False) for rid, it in zip(rids, items, strict=True)])
-        self._bulk("resource_versions", ["rid", "version", "res_type", "res_id", "last_updated", "method", "body"],
+        self.insert_rows("resource_versions", ["rid", "version", "res_type", "res_id", "last_updated", "method", "body"],
                    [(rid, 1, it.res_type, it.res_id, it.last_updated, it.method, it.body)
                     for rid, it in zip(rids, items, strict=True)])
         per_table: dict[str, list[tuple[Any, ...]]] = {t: [] for t in INDEX_TABLES}
@@ -105,7 +105,7 @@ class CursorOps:
                 per_table[table].extend((rid, it.res_type, *row) for row in rows)
         for table, rows in per_table.items():
             if rows:
-                self._bulk(table, index_columns(table), rows)
+                self.insert_rows(table, index_columns(table), rows)
 
     def replace_index(self, items: list[tuple[int, str, IndexRows]]) -> None:
         """Replace the search index rows of current resources (a reindex): a few statements per batch, not per row.
@@ -129,7 +129,7 @@ class CursorOps:
                     per_table[table].extend((rid, res_type, *row) for row in rows)
         for table, rows in per_table.items():
             if rows:
-                self._bulk(table, index_columns(table), rows)
+                self.insert_rows(table, index_columns(table), rows)
 
     def read(self, res_type: str, res_id: str) -> StoredVersion | None:
         """The current version of a resource (tombstone if deleted), or None."""

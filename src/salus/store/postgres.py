@@ -67,7 +67,7 @@ class PostgresTransaction(_PgOps):
         rows = self.conn.execute("SELECT nextval('resources_rid_seq') FROM generate_series(1, %s)", (n,)).fetchall()
         return [int(r[0]) for r in rows]
 
-    def _bulk(self, table: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
+    def insert_rows(self, table: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
         """COPY: the bulk path PostgreSQL is fastest at (the design notes measured it)."""
         with self.conn.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
             for row in rows:
