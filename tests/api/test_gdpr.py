@@ -267,16 +267,6 @@ def test_a_failure_mid_erasure_rolls_everything_back(client: TestClient, store: 
     assert set(refs(everything(client, w.p1))) == w.compartment[w.p1]
 
 
-@pytest.fixture
-def audited(store: Store, settings: Settings) -> Iterator[tuple[TestClient, Settings]]:
-    """The app with the audit trail on (security off)."""
-    from salus.service import FhirService
-
-    on = replace(settings, audit=True)
-    with TestClient(create_app(on, FhirService(store, on)), base_url="http://testserver") as c:
-        yield c, on
-
-
 def test_erasure_is_audited_without_the_erased_data(audited: tuple[TestClient, Settings], store: Store) -> None:
     client, settings = audited
     w = build(client)

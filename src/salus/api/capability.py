@@ -7,6 +7,7 @@ from typing import Any
 from salus import __version__
 from salus.fhir.definitions import r4
 from salus.search.registry import current, search_parameters
+from salus.security import audit_query
 
 INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"]
 # the parameter types the search compiler implements (special ones, such as near, are not)
@@ -37,6 +38,32 @@ def _security(base_url: str, smart: bool) -> dict[str, Any]:
     }}
 
 
+def answers(res_type: str, code: str, param: dict[str, Any]) -> bool:
+    """Whether searches of the type answer the parameter: what the CapabilityStatement and OpenAPI list."""
+    if res_type == audit_query.TYPE:  # searched in the audit trail, not through the index tables
+        return code in audit_query.SUPPORTED
+    return param["type"] in SUPPORTED_PARAM_TYPES and bool(param.get("expression") or code == "_id")
+
+
+def _audit_event(params: list[dict[str, Any]]) -> dict[str, Any]:
+    """AuditEvent: the audit trail (salus.service.audit_events), appended to and read, never changed."""
+    return {
+        "type": audit_query.TYPE,
+        "profile": f"http://hl7.org/fhir/StructureDefinition/{audit_query.TYPE}",
+        "documentation": "Served from the tamper-evident audit trail: the server's own events and those other "
+                         "systems create. Never updated or deleted (405). Searches are newest first.",
+        "interaction": [{"code": c} for c in ("read", "vread", "history-instance", "create", "search-type")],
+        "versioning": "versioned",
+        "readHistory": True,
+        "updateCreate": False,
+        "conditionalCreate": False,
+        "conditionalRead": "full-support",
+        "conditionalUpdate": False,
+        "conditionalDelete": "not-supported",
+        "searchParam": params,
+    }
+
+
 def capability_statement(base_url: str, software_date: str, *, smart: bool = False) -> dict[str, Any]:
     """The server's CapabilityStatement (R4), listing every resource type and the search parameters really indexed.
 
@@ -47,12 +74,14 @@ def capability_statement(base_url: str, software_date: str, *, smart: bool = Fal
     for t in r4()["resourceTypes"]:
         params = [
             {"name": code, "definition": p["url"], "type": p["type"]}
-            for code, p in sorted(search_parameters(t).items())
-            if p["type"] in SUPPORTED_PARAM_TYPES and (p.get("expression") or code == "_id")
+            for code, p in sorted(search_parameters(t).items()) if answers(t, code, p)
         ]
         for param in params:
             if overlay.is_pending((t,), param["name"]):
                 param["documentation"] = NOT_INDEXED_YET
+        if t == audit_query.TYPE:
+            resources.append(_audit_event(params))
+            continue
         resources.append({
             "type": t,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{t}",

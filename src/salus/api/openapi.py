@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from salus import __version__
-from salus.api.capability import SUPPORTED_PARAM_TYPES
+from salus.api.capability import answers
 from salus.api.formats import FHIR_JSON, PATCH_JSON, dumps
 from salus.fhir.definitions import r4, search_parameters
 
@@ -58,8 +58,7 @@ def _param(name: str, where: str, description: str, schema: dict[str, Any] | Non
 def supported_search_parameters(resource_type: str) -> list[tuple[str, dict[str, Any]]]:
     """The type's search parameters the server really indexes: the same selection as the CapabilityStatement."""
     return [
-        (code, p) for code, p in sorted(search_parameters(resource_type).items())
-        if p["type"] in SUPPORTED_PARAM_TYPES and (p.get("expression") or code == "_id")
+        (code, p) for code, p in sorted(search_parameters(resource_type).items()) if answers(resource_type, code, p)
     ]
 
 

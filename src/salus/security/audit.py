@@ -237,6 +237,14 @@ def audit_event(ctx: RequestContext, action: str | None, interaction: str, **fac
     return render(audit_record(ctx, action, interaction, **facts))
 
 
+class Submitted(NamedTuple):
+    """An AuditEvent another system sent (``POST AuditEvent``): kept in the chain as its JSON."""
+
+    id: str
+    at: int  # its ``recorded``, in UTC microseconds (the ``recorded`` column, for searches by date)
+    body: str  # the AuditEvent's JSON text, as served
+
+
 def per_patient(record: AuditRecord, patients: list[str]) -> list[AuditRecord]:
     """One record per patient, as BALP asks of a query: ``record`` (made for ``patients[0]``) and copies of it."""
     return [record, *(record._replace(id=new_event_id(), patient=p) for p in patients[1:])]
@@ -247,8 +255,10 @@ def per_patient(record: AuditRecord, patients: list[str]) -> list[AuditRecord]:
 COMPACT = "c1:"
 
 
-def pack(record: AuditRecord) -> str:
+def pack(record: AuditRecord | Submitted) -> str:
     """The stored body of a record (its id and ``recorded`` are columns of their own, hashed with it)."""
+    if isinstance(record, Submitted):
+        return record.body
     return COMPACT + orjson.dumps(record[2:], default=tuple).decode()  # the Actor, a NamedTuple, as an array
 
 
@@ -497,7 +507,7 @@ def _read_head(q: Queryable) -> tuple[int, str]:
 _ROW = ["seq", "event_id", "recorded", "body", "prev_hash", "hash"]
 
 
-def append_many(tx: Transaction, records: Iterable[AuditRecord], key: bytes) -> list[str]:
+def append_many(tx: Transaction, records: Iterable[AuditRecord | Submitted], key: bytes) -> list[str]:
     """Append records to the chain inside the caller's open write transaction; return their event ids.
 
     Takes the chain lock (PostgreSQL: a transaction-scoped advisory lock; SQLite already has one
@@ -547,7 +557,7 @@ def read_events(q: Queryable, after: int = 0, limit: int | None = None) -> list[
     return out
 
 
-def append(tx: Transaction, record: AuditRecord, key: bytes) -> str:
+def append(tx: Transaction, record: AuditRecord | Submitted, key: bytes) -> str:
     """Append one record inside the caller's open write transaction (see ``append_many``); return its event id."""
     return append_many(tx, [record], key)[0]
 

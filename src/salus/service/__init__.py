@@ -30,7 +30,9 @@ from salus.search.engine import SearchResult, match_ids, run_search
 from salus.search.indexing import index_rows
 from salus.search.parse import parse_query
 from salus.search.registry import Overlay, SearchParameterRegistry, in_force, pending_issue
+from salus.security import audit as audit_trail
 from salus.security.policy import Access
+from salus.service import audit_events
 from salus.service.auditing import Auditor
 from salus.service.consents import ConsentIndex
 from salus.service.fhirpath_patch import apply_fhirpath_patch
@@ -108,6 +110,10 @@ class FhirService:
         if self.audit is not None:
             self.audit.close()
 
+    def audit_key(self) -> bytes:
+        """The audit trail's key (AuditEvents other systems send are chained even with auditing off)."""
+        return self.audit.key if self.audit is not None else audit_trail.load_or_create_key(self.settings.data_dir)
+
     # ---- plumbing ------------------------------------------------------------------
 
     def now(self) -> datetime:
@@ -162,6 +168,11 @@ class FhirService:
         """The current version; 404 if it never existed, 410 if deleted."""
         self.check_type(res_type)
         self.check_id(res_id)
+        if res_type == audit_events.TYPE:
+            v = audit_events.read(self, res_id)
+            if self.audit is not None:
+                self.audit.read("read", v)
+            return v
         v = self.store.read(res_type, res_id)
         if v is None:
             raise FhirError.of(404, "not-found", f"Resource {res_type}/{res_id} is not known")
@@ -178,6 +189,13 @@ class FhirService:
         self.check_id(res_id)
         if not (version.isascii() and version.isdigit()) or len(version) > 18:  # past 64 bits no version can exist
             raise FhirError.of(404, "not-found", f"Version {version[:40]!r} of {res_type}/{res_id} is not known")
+        if res_type == audit_events.TYPE:
+            v = audit_events.read(self, res_id)  # an AuditEvent has one version
+            if int(version) != 1:
+                raise FhirError.of(404, "not-found", f"Version {version} of {res_type}/{res_id} is not known")
+            if self.audit is not None:
+                self.audit.read("vread", v)
+            return v
         v = self.store.vread(res_type, res_id, int(version))
         if v is None:
             raise FhirError.of(404, "not-found", f"Version {version} of {res_type}/{res_id} is not known")
@@ -198,6 +216,11 @@ class FhirService:
         if res_id is not None:
             assert res_type is not None
             self.check_id(res_id)
+            if res_type == audit_events.TYPE:
+                event = audit_events.read(self, res_id)
+                if self.audit is not None:
+                    self.audit.history(res_type, res_id)
+                return [event], 1
             now = self.store.read(res_type, res_id)
             if now is None:
                 raise FhirError.of(404, "not-found", f"Resource {res_type}/{res_id} is not known")
@@ -238,6 +261,11 @@ class FhirService:
         """Run a FHIR search at type (or system, with ``res_type=None``) level."""
         if res_type is not None:
             self.check_type(res_type)
+        if res_type == audit_events.TYPE and compartment is None:
+            result = audit_events.search(self, query, count=self.page_size(count), cursor=cursor, strict=strict)
+            if self.audit is not None:
+                self.audit.search(res_type, query, compartment, result)
+            return result
         with self.search_parameters.active():
             acc = access()
             post = False
@@ -341,10 +369,9 @@ class FhirService:
 
         ``authorized``: the caller already checked this write against the policy (``_authorize_write``).
         """
+        if res_type == audit_events.TYPE:
+            return audit_events.append(self, tx, res_id, resource, authorized=authorized)
         current = tx.current(res_type, res_id)
-        if res_type == "AuditEvent" and current is not None:
-            # a record of what happened is never rewritten (the audit trail itself is the hash chain)
-            raise FhirError.of(405, "not-supported", "AuditEvents cannot be updated or deleted")
         if not authorized:
             self._authorize_write(tx, res_type, res_id, resource, current is not None and not current.deleted)
         version = (current.version + 1) if current else 1
@@ -484,15 +511,15 @@ class FhirService:
         """Update (or create with the client's id); ``If-Match`` must name the current version."""
         self.check_type(res_type)
         self.check_id(res_id)
+        audit_events.refuse_change(res_type)
         resource = self._prepare(res_type, resource, url_id=res_id)
         early = self._index_rows(resource)
 
         def work(t: Transaction) -> WriteResult:
             current = t.current(res_type, res_id)
             created = current is None or current.deleted
-            if not (res_type == "AuditEvent" and not created):
-                # before If-Match: its 412 would tell a caller without the right which version is current
-                self._authorize_write(t, res_type, res_id, resource, not created)
+            # before If-Match: its 412 would tell a caller without the right which version is current
+            self._authorize_write(t, res_type, res_id, resource, not created)
             check_if_match(if_match, None if created else current.version, f"{res_type}/{res_id}")  # type: ignore[union-attr]
             rows = self._unless_stale(early, res_type)
             written = self._write(t, res_type, res_id, resource, method, check_refs=check_refs, rows=rows,
@@ -537,6 +564,7 @@ class FhirService:
         """
         self.check_type(res_type)
         self.check_id(res_id)
+        audit_events.refuse_change(res_type)
         patch_kind(patch)  # a body that is neither kind is refused before the row lock is taken
 
         def work(t: Transaction) -> WriteResult:
@@ -550,8 +578,7 @@ class FhirService:
             patched = apply_patch(orjson.loads(stored.body), patch)
             if not isinstance(patched, dict) or patched.get("id") != res_id or patched.get("resourceType") != res_type:
                 raise FhirError.of(422, "processing", "A patch may not change the resource's type or id")
-            if res_type != "AuditEvent":
-                self._authorize_write(t, res_type, res_id, patched, True)  # before If-Match, as for an update
+            self._authorize_write(t, res_type, res_id, patched, True)  # before If-Match, as for an update
             check_if_match(if_match, current.version, f"{res_type}/{res_id}")
             return self.update(res_type, res_id, patched, tx=t, method="PATCH", check_refs=check_refs)
 
@@ -564,6 +591,7 @@ class FhirService:
         """Delete (a versioned tombstone); 409 while other resources reference it unless ``cascade``."""
         self.check_type(res_type)
         self.check_id(res_id)
+        audit_events.refuse_change(res_type)
 
         def work(t: Transaction) -> WriteResult:
             current = t.current(res_type, res_id)
@@ -600,6 +628,7 @@ class FhirService:
     ) -> WriteResult:
         """Delete the single match of ``query`` (nothing if none); 412 if several."""
         self.check_type(res_type)
+        audit_events.refuse_change(res_type)
 
         def work(t: Transaction) -> WriteResult:
             matches = self._lock_and_match(t, res_type, query)
@@ -628,6 +657,7 @@ class FhirService:
             if validate:
                 validate_or_raise(r, res_type)
         with self.transaction() as tx:
+            resources = audit_events.load(self, tx, resources)  # AuditEvents join the trail, the rest go on
             found = tx.existing(list({(r["resourceType"], r["id"]) for r in resources}))
             fresh: list[NewResource] = []
             seen: set[tuple[str, str]] = set()

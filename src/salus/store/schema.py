@@ -10,9 +10,10 @@ the resource. ``grp`` ties together the component rows of one composite value.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # 1 -> 2: every text column of PostgreSQL in the "C" collation (version 1 had it on the index tables only,
 # so joins between resources and index rows compared in two collations and could not use the indexes)
+# 2 -> 3: audit_log indexed by event_id (AuditEvent reads through the API; the CREATE adds it)
 
 META_DDL = "CREATE TABLE IF NOT EXISTS salus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
@@ -204,6 +205,8 @@ def _audit_ddl(t: dict[str, str]) -> list[str]:
             prev_hash {t['T']} NOT NULL,
             hash {t['T']} NOT NULL)""",
         "CREATE INDEX IF NOT EXISTS audit_log_recorded ON audit_log (recorded)",
+        # GET AuditEvent/[id] (salus.security.audit_query.read)
+        "CREATE INDEX IF NOT EXISTS audit_log_event_id ON audit_log (event_id)",
     ]
 
 
