@@ -75,6 +75,9 @@ def test_tokens_dates_and_combinations(history: tuple[TestClient, str, str, str]
     assert len(_events(_search(client, action="C", patient=p1))) == 2  # repeated parameters: all must hold
     assert len(_events(_search(client, type="rest", outcome="0"))) == 5
     assert len(_events(_search(client, address="testcl"))) == 5  # the TestClient's address, starts-with
+    # users and clients are named by identifier (BALP): the anonymous caller of a server without security
+    assert len(_events(_search(client, **{"agent:identifier": "urn:salus:user|anonymous"}))) == 5
+    assert _events(_search(client, **{"agent:identifier": "urn:salus:client|anonymous"})) == []
     now = datetime.now(UTC)
     hour_ago = (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S+00:00")
     assert len(_events(_search(client, date=f"ge{hour_ago}"))) == 5
@@ -226,3 +229,21 @@ def test_the_capability_statement_says_what_the_trail_does(client: TestClient) -
         res = client.get("/fhir/AuditEvent", params={name: "2026" if name == "date" else "x"},
                          headers={"Prefer": "handling=strict"})
         assert res.status_code == 200, (name, res.text)
+
+
+def test_a_search_of_several_patients_is_one_entry_and_one_event_each(history: tuple[TestClient, str, str, str],
+                                                                       store: Store) -> None:
+    client, p1, p2, _ = history
+    before = store.query("SELECT COUNT(*) FROM audit_log")[0][0]
+    assert len(client.get("/fhir/Patient").json()["entry"]) == 2
+    _flush(client)
+    assert store.query("SELECT COUNT(*) FROM audit_log")[0][0] == before + 1
+    found = _events(_search(client, subtype="search-type", _count=10))
+    found = [e for e in found if any(x.get("what", {}).get("display") == "Patient" for x in e["entity"])]
+    assert sorted(p for e in found for p in _patients(e)) == sorted([f"Patient/{p1}", f"Patient/{p2}"])
+    first, second = sorted(found, key=lambda e: e["id"])
+    assert second["id"] == f"{first['id']}.1" and second["recorded"] == first["recorded"]
+    assert client.get(f"/fhir/AuditEvent/{second['id']}").json() == second
+    assert [e["id"] for e in _events(_search(client, _id=second["id"]))] == [second["id"]]
+    assert [e["id"] for e in _events(_search(client, _id=first["id"]))] == [first["id"]]
+    assert client.get(f"/fhir/AuditEvent/{first['id']}.2").status_code == 404

@@ -12,8 +12,10 @@ from a cursor, the ``seq`` of the last entry of the page.
 Supported (R4 AuditEvent search parameters): ``_id``, ``date``, ``patient``,
 ``agent``, ``entity``, ``action``, ``type``, ``subtype``, ``outcome``,
 ``agent-role``, ``entity-type``, ``entity-role``, ``policy``, ``address``,
-``altid``; ``_count``, ``_sort``, ``_summary=count``. Values separated by commas
-are alternatives, repeated parameters must all hold. Modifiers are refused (400);
+``altid``, and ``:identifier`` on ``agent``, ``entity`` and ``patient`` (BALP names
+users and clients by identifier); ``_count``, ``_sort``, ``_summary=count``.
+Values separated by commas are alternatives, repeated parameters must all hold.
+Other modifiers are refused (400);
 other parameters are ignored with a warning, or refused under ``Prefer:
 handling=strict``, as elsewhere.
 """
@@ -31,7 +33,7 @@ from salus.search.engine import SearchResult
 from salus.search.tree import ParamDef
 from salus.search.types import date as date_type
 from salus.search.types import invalid, split_unescaped, unescape
-from salus.security.audit import stored_event
+from salus.security.audit import stored_events
 from salus.store.base import Queryable
 
 TYPE = "AuditEvent"
@@ -133,8 +135,23 @@ def _policy(event: Event, raw: str) -> bool:
 
 
 def _altid(event: Event, raw: str) -> bool:
-    return any(a.get("altId") == raw or ((a.get("who") or {}).get("identifier") or {}).get("value") == raw
-               for a in _agents(event))
+    return any(a.get("altId") == raw for a in _agents(event))
+
+
+def _identifiers(holders: Callable[[Event], Iterator[Any]]) -> Test:
+    """``:identifier`` on a reference parameter: ``[system|]value`` against the Reference's identifier."""
+    def test(event: Event, raw: str) -> bool:
+        system, bar, value = raw.rpartition("|") if "|" in raw else ("", "", raw)
+        for holder in holders(event):
+            ident = holder.get("identifier") if isinstance(holder, dict) else None
+            if isinstance(ident, dict) and ident.get("value") == value and (not bar or ident.get("system") == system):
+                return True
+        return False
+    return test
+
+
+def _has_id(event: Event, raw: str) -> bool:
+    return event.get("id") == raw
 
 
 TESTS: dict[str, Test] = {
@@ -151,6 +168,14 @@ TESTS: dict[str, Test] = {
     "policy": _policy,
     "address": _address,
     "altid": _altid,
+}
+# reference parameters also searched by the identifier of the Reference (R4 ":identifier"): BALP names users
+# and clients by identifier (urn:salus:user|alice), not by a reference
+BY_IDENTIFIER: dict[str, Test] = {
+    "agent": _identifiers(lambda e: (a.get("who") for a in _agents(e))),
+    "entity": _identifiers(lambda e: (x.get("what") for x in _entities(e))),
+    "patient": _identifiers(lambda e: (x.get("what") for x in _entities(e)
+                                       if (x.get("type") or {}).get("code") == "1")),
 }
 RESULT_PARAMS = frozenset({"_count", "_sort", "_summary", "_total"})
 SUPPORTED = frozenset({"_id", "date", *TESTS, *RESULT_PARAMS})
@@ -189,15 +214,16 @@ def parse(query: list[tuple[str, str]], strict: bool) -> TrailQuery:
                                    f"{', '.join(sorted(SUPPORTED))})")
             unknown.append(key)
             continue
-        if modifier:
+        if modifier and not (modifier == "identifier" and name in BY_IDENTIFIER):
             raise invalid(key, f"The modifier ':{modifier}' is not supported on {TYPE} searches", "not-supported")
         pieces = [v for v in split_unescaped(raw, ",") if v != ""]
         values = [unescape(v) for v in pieces]
         if not values:
             continue
         applied.append((key, raw))
-        if name == "_id":
-            ids.append(values)
+        if name == "_id":  # narrowed in SQL to the entries, then the events of an entry by their own id
+            ids.append([entry for v in values for entry in _entry_ids(v)])
+            tests.append((_has_id, values))
         elif name == "date":
             dates.append([date_type.parse(v, None, _DATE) for v in pieces])
         elif name == "_sort":
@@ -211,7 +237,7 @@ def parse(query: list[tuple[str, str]], strict: bool) -> TrailQuery:
         elif name in ("_count", "_total"):
             continue
         else:
-            tests.append((TESTS[name], values))
+            tests.append((BY_IDENTIFIER[name] if modifier else TESTS[name], values))
     return TrailQuery(ids, dates, tests, newest_first, count_only, applied, unknown)
 
 
@@ -265,7 +291,8 @@ def _rows(store: Queryable, q: TrailQuery, after: int | None) -> Iterator[tuple[
         for seq, event_id, recorded, body in rows:
             if store.crypto is not None:
                 body = store.crypto.open(TYPE, event_id, int(seq), body) or "{}"
-            yield int(seq), served(stored_event(event_id, recorded, body), recorded)
+            for event in stored_events(event_id, recorded, body):
+                yield int(seq), served(event, recorded)
         if len(rows) < BATCH:
             return
         after = int(rows[-1][0])
@@ -309,16 +336,26 @@ def search(store: Queryable, query: list[tuple[str, str]], *, count: int, cursor
                         next_cursor=str(last) if has_next and last is not None else None)
 
 
+def _entry_ids(event_id: str) -> list[str]:
+    """The ``event_id`` an AuditEvent's id may be stored under: itself, or its entry's (``<entry>.<k>``)."""
+    base, dot, k = event_id.rpartition(".")
+    return [event_id, base] if dot and base and k.isdigit() else [event_id]
+
+
 def read(store: Queryable, event_id: str) -> tuple[int, str, Event] | None:
     """``(seq, recorded, event)`` of the AuditEvent with this id, or None."""
-    rows = store.query("SELECT seq, event_id, recorded, body FROM audit_log WHERE event_id = ? ORDER BY seq LIMIT 1",
-                       (event_id,))
-    if not rows:
-        return None
-    seq, eid, recorded, body = rows[0]
-    if store.crypto is not None:
-        body = store.crypto.open(TYPE, eid, int(seq), body) or "{}"
-    return int(seq), recorded, served(stored_event(eid, recorded, body), recorded)
+    for entry_id in _entry_ids(event_id):
+        rows = store.query("SELECT seq, event_id, recorded, body FROM audit_log WHERE event_id = ? ORDER BY seq LIMIT 1",
+                           (entry_id,))
+        if not rows:
+            continue
+        seq, eid, recorded, body = rows[0]
+        if store.crypto is not None:
+            body = store.crypto.open(TYPE, eid, int(seq), body) or "{}"
+        for event in stored_events(eid, recorded, body):
+            if event.get("id") == event_id:
+                return int(seq), recorded, served(event, recorded)
+    return None
 
 
 def served(event: Event, recorded: str) -> Event:

@@ -72,7 +72,7 @@ class Auditor:
         """A search: its query, and the patients whose data it returned (BALP: one event per patient)."""
         ctx, at, entries = current(), audit.now_micros(), list(result.entries)
 
-        def build() -> list[audit.AuditRecord]:
+        def build() -> audit.AuditRecord:
             patients = sorted({p for t, i, body in entries if (p := patient_of(t, i, body))})
             if compartment and compartment[0] == "Patient":
                 patients = sorted({*patients, compartment[1]})
