@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pybase64
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -175,7 +176,7 @@ class Crypto:
         nonce = os.urandom(NONCE_BYTES)
         aad = f"{res_type}/{res_id}/{version}".encode()
         ct = self._aead[self.body_kid].encrypt(nonce, body.encode(), aad)
-        return f"{SEALED}{self.body_kid}:{base64.b64encode(nonce + ct).decode()}"
+        return f"{SEALED}{self.body_kid}:{pybase64.b64encode(nonce + ct).decode()}"
 
     def open(self, res_type: str, res_id: str, version: int, text: str | None) -> str | None:
         """The body a ``seal`` stored (None stays None: a deletion); a plain or damaged body is an error."""
@@ -184,11 +185,11 @@ class Crypto:
         if not text.startswith(SEALED):
             raise SealedBodyError(f"{res_type}/{res_id}/_history/{version} is stored unencrypted in an encrypted store")
         kid_text, _, payload = text[len(SEALED):].partition(":")
-        raw = base64.b64decode(payload)
         try:
+            raw = pybase64.b64decode(payload, validate=True)
             plain = self._key(int(kid_text)).decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:],
                                                      f"{res_type}/{res_id}/{version}".encode())
-        except InvalidTag:
+        except (InvalidTag, ValueError):  # ValueError: not base64, or no key id
             raise SealedBodyError(f"{res_type}/{res_id}/_history/{version} does not open: it was altered or moved") from None
         return plain.decode()
 
