@@ -181,7 +181,8 @@ def test_routes_are_described(client: TestClient, doc: dict[str, Any]) -> None:
         assert isinstance(route, Route)
         if not route.path.startswith("/fhir") or route.endpoint.__name__ == "not_allowed":
             continue
-        path = route.path.removeprefix("/fhir").rstrip("/") or "/"
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)  # a parameter's convertor is not part of the URL
+        path = path.removeprefix("/fhir").rstrip("/") or "/"
         path = path.replace("{compartment_type}/{compartment_id}", "Patient/{id}")
         if "{compartment" not in route.path:
             path = path.replace("{type}", "Patient")

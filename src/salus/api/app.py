@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -27,6 +28,23 @@ from salus.service import FhirService
 from salus.store import open_configured
 
 log = logging.getLogger("salus.api")
+
+
+class ResourceTypeConvertor(Convertor[str]):
+    """A path segment shaped like a resource type: R4's all start with a capital letter."""
+
+    regex = "[A-Z][A-Za-z]*"
+
+    def convert(self, value: str) -> str:
+        """The segment itself."""
+        return value
+
+    def to_string(self, value: str) -> str:
+        """The segment itself."""
+        return value
+
+
+register_url_convertor("resource_type", ResourceTypeConvertor())
 
 
 def create_app(settings: Settings | None = None, service: FhirService | None = None) -> Starlette:
@@ -51,14 +69,17 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     async def root(request: Request) -> Response:
         return RedirectResponse(f"{b}/metadata")
 
-    # the authorization server's routes come first: {base}/auth/token would otherwise match {type}/{id}
     on_login = service.audit.login if service.audit is not None else None
-    routes = auth_routes(settings, service.store, on_login) if settings.auth == "smart" else []
-    routes += [
+    routes = [
         # Starlette tries routes in order: the read, the hottest route, comes first, after the only two
-        # two-segment GET paths it would otherwise take (a type's history, a type's $reindex)
+        # two-segment GET paths it would otherwise take (a type's history, a type's $reindex). Its type
+        # segment starts with a capital, as every resource type does, so it passes over the authorization
+        # server's paths (auth/jwks, .well-known/...), which come next
         Route(f"{b}/{{type}}/_history", api.history, methods=["GET"]),
         Route(f"{b}/{{type}}/$reindex", not_allowed, methods=["GET", "PUT", "DELETE", "PATCH"]),
+        Route(f"{b}/{{type:resource_type}}/{{id}}", api.read, methods=["GET"]),
+        *(auth_routes(settings, service.store, on_login) if settings.auth == "smart" else []),
+        # anything else read as a type and an id: an unknown type's 404 OperationOutcome, not a 405
         Route(f"{b}/{{type}}/{{id}}", api.read, methods=["GET"]),
         Route("/", root, methods=["GET"]),
         Route(f"{b}/metadata", metadata, methods=["GET"]),

@@ -10,7 +10,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 # people's roles and the non-person kinds (issue 5: roles for people, devices and integrations)
 PERSON_ROLES = ("clinician", "nurse", "receptionist", "patient", "admin", "auditor")
@@ -43,15 +44,29 @@ class Principal:
 ANONYMOUS = Principal(subject="anonymous", kind="anonymous", unrestricted=True)
 
 
-@dataclass(frozen=True)
-class RequestContext:
-    """One request: who, from where, and an id tying its audit entries together."""
+class _Context(NamedTuple):
+    principal: Principal
+    source: str | None  # client address
+    user_agent: str | None
+    purpose: str | None  # purpose of use (e.g. ETREAT, BTG for break-the-glass)
+    request_id: str
 
-    principal: Principal = ANONYMOUS
-    source: str | None = None  # client address
-    user_agent: str | None = None
-    purpose: str | None = None  # purpose of use (e.g. ETREAT, BTG for break-the-glass)
-    request_id: str = field(default_factory=lambda: os.urandom(16).hex())  # random, as uuid4().hex, at a third of its cost
+
+class RequestContext(_Context):
+    """One request: who, from where, and an id tying its audit entries together (random unless given).
+
+    An immutable tuple rather than a frozen dataclass: the door makes one per request, and a frozen
+    dataclass's field-by-field ``object.__setattr__`` cost more than the rest of the context's work.
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls, principal: Principal = ANONYMOUS, source: str | None = None, user_agent: str | None = None,
+        purpose: str | None = None, request_id: str | None = None,
+    ) -> RequestContext:
+        """The context; ``request_id`` defaults to 128 random bits in hex (as ``uuid4().hex``, for less)."""
+        return tuple.__new__(cls, (principal, source, user_agent, purpose, request_id or os.urandom(16).hex()))
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("salus_request_context", default=None)

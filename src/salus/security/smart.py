@@ -569,8 +569,8 @@ def auth_routes(
 ) -> list[BaseRoute]:
     """The authorization server's routes, to mount at the server root (paths include the FHIR base path).
 
-    The ``auth/`` endpoints sit under one Mount: the router tries them before the FHIR routes (which
-    would take ``auth/token`` for a read), and one prefix test costs every FHIR request less than five.
+    The ``auth/`` endpoints sit under one Mount, tried before the FHIR routes that would take
+    ``auth/token`` as a type and an id (salus.api.app): one prefix test costs every FHIR request less than five.
     """
     server = AuthServer(settings, store, on_login)
     b = settings.base_path
