@@ -83,6 +83,8 @@ def test_tokens_dates_and_combinations(history: tuple[TestClient, str, str, str]
     assert len(_events(_search(client, date=f"ge{hour_ago}"))) == 5
     assert _events(_search(client, date="lt2000")) == []
     assert len(_events(_search(client, date=now.strftime("%Y-%m-%d")))) == 5
+    assert len(_events(_search(client, date=now.strftime("ap%Y-%m-%dT%H:%M:%SZ")))) == 5
+    assert len(_events(_search(client, date=f"ne{now:%Y-%m-%d}"))) == 0
     first = min(every, key=lambda e: e["recorded"])["recorded"]
     assert len(_events(_search(client, date=f"gt{first}"))) == 4  # an instant: strictly after it
     assert len(_events(_search(client, _id=f"{every[0]['id']},{every[1]['id']}"))) == 2

@@ -257,7 +257,7 @@ def _date_sql(value: date_type.DateValue) -> tuple[str, list[str]]:
         return "recorded < ?", [lo]
     if p == "le":
         return "recorded < ?", [hi]
-    a_lo, a_hi = date_type._approx(value)  # ap
+    a_lo, a_hi = date_type.approx(value)  # ap
     return "(recorded >= ? AND recorded < ?)", [a_lo, a_hi]
 
 

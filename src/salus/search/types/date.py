@@ -159,8 +159,8 @@ def now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def _approx(value: DateValue) -> tuple[str, str]:
-    # the spec's recommendation: 10% of the gap between now and the date, on each side
+def approx(value: DateValue) -> tuple[str, str]:
+    """The range ``ap`` (approximately) covers: the spec's recommendation, 10% of the gap between now and the date, on each side."""
     now_ = now()
     lo = datetime.fromisoformat(value.low)
     hi = datetime.fromisoformat(value.high_excl) if value.high_excl < "9999" else datetime.max
@@ -178,7 +178,7 @@ def _approx(value: DateValue) -> tuple[str, str]:
 
 def condition_on(value: DateValue, lo: Expr, hi: Expr) -> Expr:
     """The predicate for one date value over any pair of low/high expressions (``_lastUpdated`` too)."""
-    ap = _approx(value) if value.prefix == "ap" else ("", "")
+    ap = approx(value) if value.prefix == "ap" else ("", "")
     return ranges.condition(value.prefix, lo, hi, value.low, value.high_excl, ap, exclusive=True)
 
 
