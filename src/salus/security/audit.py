@@ -41,7 +41,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -292,7 +292,7 @@ def unpack(event_id: str, at: int, body: str) -> AuditRecord:
 
 def parse_instant(recorded: str) -> int:
     """``AuditRecord.at`` of a ``recorded`` instant (``instant``'s inverse)."""
-    stamp = datetime.strptime(recorded, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    stamp = datetime.fromisoformat(recorded)  # the C parser: a fifth of strptime's cost, and it reads the Z
     return int(stamp.timestamp()) * 1_000_000 + stamp.microsecond
 
 
@@ -587,19 +587,25 @@ def read_event(q: Queryable, seq: int) -> dict[str, Any] | None:
     return found[0][1] if found and found[0][0] == seq else None
 
 
+ENTRY_COLUMNS = "seq, event_id, recorded, body"
+
+
+def entry_events(q: Queryable, row: Sequence[Any]) -> list[dict[str, Any]]:
+    """The AuditEvents of one ``audit_log`` row selected as ``ENTRY_COLUMNS``, opened when sealed and rendered."""
+    seq, event_id, recorded, body = row
+    if q.crypto is not None:
+        body = q.crypto.open("AuditEvent", event_id, int(seq), body) or "{}"
+    return stored_events(event_id, recorded, body)
+
+
 def read_events(q: Queryable, after: int = 0, limit: int | None = None) -> list[tuple[int, dict[str, Any]]]:
     """``(seq, AuditEvent)`` in chain order after ``after`` (of at most ``limit`` entries), opened and rendered.
 
     An entry of a search that returned several patients gives one event per patient, all with its seq.
     """
-    sql = "SELECT seq, event_id, recorded, body FROM audit_log WHERE seq > ? ORDER BY seq"
+    sql = f"SELECT {ENTRY_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq"
     rows = q.query(sql + (" LIMIT ?" if limit is not None else ""), (after, limit) if limit is not None else (after,))
-    out = []
-    for seq, event_id, recorded, body in rows:
-        if q.crypto is not None:
-            body = q.crypto.open("AuditEvent", event_id, int(seq), body) or "{}"
-        out.extend((int(seq), event) for event in stored_events(event_id, recorded, body))
-    return out
+    return [(int(row[0]), event) for row in rows for event in entry_events(q, row)]
 
 
 def append(tx: Transaction, record: AuditRecord | Submitted, key: bytes) -> str:
@@ -737,7 +743,7 @@ class BufferedAuditWriter:
         self.max_batch = max_batch
         self.max_pending = max_pending
         self.dropped = 0
-        self._queue: deque[AuditRecord | Callable[[], AuditRecord | list[AuditRecord]]] = deque()
+        self._queue: deque[AuditRecord | Callable[[], AuditRecord]] = deque()
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
@@ -746,8 +752,8 @@ class BufferedAuditWriter:
         self._thread = threading.Thread(target=self._run, name="salus-audit-writer", daemon=True)
         self._thread.start()
 
-    def record(self, record: AuditRecord | Callable[[], AuditRecord | list[AuditRecord]]) -> None:
-        """Queue one record, or a function that makes it (or several) at flush time.
+    def record(self, record: AuditRecord | Callable[[], AuditRecord]) -> None:
+        """Queue one record, or a function that makes it at flush time.
 
         A builder defers what the request need not wait for (finding the patients of a search's
         results); it must capture what it records (the record's time, the request context) when made.
@@ -789,14 +795,8 @@ class BufferedAuditWriter:
             if not batch:
                 self._last_flush = time.monotonic()
                 return done
-            # records queued as builders are made here (one may make several)
-            built: list[AuditRecord] = []
-            for e in batch:
-                if isinstance(e, AuditRecord):
-                    built.append(e)
-                else:
-                    made = e()
-                    built.extend(made if isinstance(made, list) else [made])
+            # records queued as builders are made here
+            built = [e if isinstance(e, AuditRecord) else e() for e in batch]
             try:
                 with self.store.transaction() as tx:
                     append_many(tx, built, self.key)
@@ -809,7 +809,7 @@ class BufferedAuditWriter:
     def _run(self) -> None:
         while not self._closed:
             # sleep until the oldest possible record has waited ``interval`` since the last flush
-            self._wake.wait(max(0.0, self._last_flush + self.interval - time.monotonic()) or self.interval)
+            self._wake.wait(max(0.0, self._last_flush + self.interval - time.monotonic()))
             self._wake.clear()
             if self._closed or time.monotonic() - self._last_flush < self.interval:
                 continue  # a request's thread flushed meanwhile: traffic is filling batches

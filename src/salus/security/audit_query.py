@@ -33,7 +33,7 @@ from salus.search.engine import SearchResult
 from salus.search.tree import ParamDef
 from salus.search.types import date as date_type
 from salus.search.types import invalid, split_unescaped, unescape
-from salus.security.audit import stored_events
+from salus.security.audit import ENTRY_COLUMNS, entry_events
 from salus.store.base import Queryable
 
 TYPE = "AuditEvent"
@@ -284,15 +284,13 @@ def _rows(store: Queryable, q: TrailQuery, after: int | None) -> Iterator[tuple[
         if after is not None:
             where.append(f"seq {op} ?")
             bind.append(after)
-        sql = "SELECT seq, event_id, recorded, body FROM audit_log"
+        sql = f"SELECT {ENTRY_COLUMNS} FROM audit_log"
         if where:
             sql += " WHERE " + " AND ".join(where)
         rows = store.query(f"{sql} ORDER BY seq {order} LIMIT ?", [*bind, BATCH])
-        for seq, event_id, recorded, body in rows:
-            if store.crypto is not None:
-                body = store.crypto.open(TYPE, event_id, int(seq), body) or "{}"
-            for event in stored_events(event_id, recorded, body):
-                yield int(seq), served(event, recorded)
+        for row in rows:
+            for event in entry_events(store, row):
+                yield int(row[0]), served(event, row[2])
         if len(rows) < BATCH:
             return
         after = int(rows[-1][0])
@@ -344,17 +342,13 @@ def _entry_ids(event_id: str) -> list[str]:
 
 def read(store: Queryable, event_id: str) -> tuple[int, str, Event] | None:
     """``(seq, recorded, event)`` of the AuditEvent with this id, or None."""
-    for entry_id in _entry_ids(event_id):
-        rows = store.query("SELECT seq, event_id, recorded, body FROM audit_log WHERE event_id = ? ORDER BY seq LIMIT 1",
-                           (entry_id,))
-        if not rows:
-            continue
-        seq, eid, recorded, body = rows[0]
-        if store.crypto is not None:
-            body = store.crypto.open(TYPE, eid, int(seq), body) or "{}"
-        for event in stored_events(eid, recorded, body):
+    entries = _entry_ids(event_id)
+    rows = store.query(f"SELECT {ENTRY_COLUMNS} FROM audit_log WHERE event_id IN ({', '.join('?' * len(entries))}) "
+                       "ORDER BY seq", entries)
+    for row in rows:
+        for event in entry_events(store, row):
             if event.get("id") == event_id:
-                return int(seq), recorded, served(event, recorded)
+                return int(row[0]), row[2], served(event, row[2])
     return None
 
 

@@ -100,8 +100,9 @@ def _append(service: FhirService, tx: Transaction, event_id: str, resource: dict
         raise FhirError.of(400, "invalid", "AuditEvent.recorded must be an instant")
     # the version's meta says when the trail received it; `recorded` keeps when it happened
     stamp = db_instant(service.now())
-    # no referential integrity: an event records what happened elsewhere too, to data this server may not hold
-    body, _, _ = service._render(TYPE, event_id, 1, stamp, resource)
+    # no referential integrity: an event records what happened elsewhere too, to data this server may not hold;
+    # and no index rows (rows={}: none extracted), since the trail is searched by audit_query, not the index
+    body, _, _ = service._render(TYPE, event_id, 1, stamp, resource, rows={})
     audit.append(tx, audit.Submitted(event_id, audit.parse_instant(span[0] + "Z"), body), service.audit_key())
     service._changed(TYPE, event_id, 1, "POST", body)
     return StoredVersion(TYPE, event_id, 1, stamp, "POST", body)
